@@ -1,0 +1,2 @@
+//! (filled in by its issue)
+#![forbid(unsafe_code)]

@@ -1,0 +1,17 @@
+//! Switchyard's contracts in code.
+//!
+//! # Layout
+//! - [`v1`]: generated protobuf messages and tonic services for package `switchyard.v1`
+//!   (`router.proto`: the `Router` and `Admin` services; `wire.proto`: HELLO, WELCOME, KICK,
+//!   GOAWAY and REJECT payloads).
+//! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for gRPC server reflection.
+#![forbid(unsafe_code)]
+
+/// Generated code for protobuf package `switchyard.v1`.
+#[allow(missing_docs, unreachable_pub, missing_debug_implementations, clippy::all)]
+pub mod v1 {
+    tonic::include_proto!("switchyard.v1");
+}
+
+/// Encoded `FileDescriptorSet` of every Switchyard `.proto`, for `tonic-reflection`.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("switchyard_descriptor");
