@@ -1,1 +1,67 @@
-//! placeholder
+//! Integration harness: a real etcd (one member or a 3-member cluster) on free loopback
+//! ports, a TCP proxy that can cut links, child processes that die with the test, and
+//! bounded polling.
+//!
+//! # Layout
+//! - [`etcd`]: [`Etcd`] (start, stop, restart on the same ports and data) and [`EtcdCluster`].
+//! - [`proxy`]: [`CutProxy`], a loopback TCP proxy whose links can be cut and restored.
+//! - [`process`]: [`bin_path`] and [`Child`], workspace binaries as separate OS processes.
+//! - [`eventually`]: bounded polling for scenario assertions.
+//!
+//! etcd comes from `ETCD_BIN` or `etcd` on `PATH`; when neither exists every test fails
+//! loudly (it never skips): run `.ci/run` or install Debian's `etcd-server`.
+#![forbid(unsafe_code)]
+
+pub mod etcd;
+pub mod process;
+pub mod proxy;
+
+pub use etcd::{Etcd, EtcdCluster};
+pub use process::{Child, bin_path};
+pub use proxy::CutProxy;
+
+use std::time::Duration;
+
+/// Polls `check` every 20 ms until it returns `Some`, for at most `limit`. Panics with
+/// `what` when time runs out, so a scenario never hangs.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {limit:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A key prefix no other test uses, e.g. `/t-3f9a1c`.
+pub fn unique_prefix() -> switchyard_registry::Prefix {
+    let n: u32 = rand::random();
+    switchyard_registry::Prefix::new(format!("/t-{n:08x}")).expect("valid prefix")
+}
+
+/// Logs to the test's output (captured unless `--nocapture`); `RUST_LOG` filters.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,h2=warn,tower=warn,hyper=warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// A free loopback port (bound then released; the tiny race is acceptable in tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}

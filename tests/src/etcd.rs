@@ -1,0 +1,226 @@
+//! A real etcd on free loopback ports with a temporary data dir.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use etcd_client::Client;
+use tempfile::TempDir;
+
+use crate::process::Child;
+use crate::{eventually, free_port};
+
+/// The etcd binary: `ETCD_BIN`, else `etcd` on `PATH`. Panics (never skips) when missing.
+pub fn etcd_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("ETCD_BIN") {
+        return PathBuf::from(p);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path) {
+        let candidate = dir.join("etcd");
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!(
+        "etcd not found: set ETCD_BIN or put etcd on PATH (apt-get install etcd-server; .ci/run does it)"
+    );
+}
+
+/// One etcd member's fixed identity: ports and data survive restarts.
+#[derive(Debug)]
+struct Member {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    data: TempDir,
+    child: Option<Child>,
+}
+
+impl Member {
+    fn new(i: usize) -> Self {
+        Self {
+            name: format!("m{i}"),
+            client_port: free_port(),
+            peer_port: free_port(),
+            data: tempfile::Builder::new()
+                .prefix("switchyard-etcd-")
+                .tempdir()
+                .expect("temp dir"),
+            child: None,
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    fn spawn(&mut self, initial_cluster: &str, state: &str) {
+        let mut cmd = Command::new(etcd_bin());
+        // etcd reads ETCD_* variables; the test's environment must not leak in.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("ETCD_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.arg("--name")
+            .arg(&self.name)
+            .arg("--data-dir")
+            .arg(self.data.path())
+            .arg("--listen-client-urls")
+            .arg(self.endpoint())
+            .arg("--advertise-client-urls")
+            .arg(self.endpoint())
+            .arg("--listen-peer-urls")
+            .arg(self.peer_url())
+            .arg("--initial-advertise-peer-urls")
+            .arg(self.peer_url())
+            .arg("--initial-cluster")
+            .arg(initial_cluster)
+            .arg("--initial-cluster-state")
+            .arg(state)
+            .arg("--initial-cluster-token")
+            .arg("switchyard-test")
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .args(["--logger", "zap", "--log-level", "error"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        self.child = Some(Child::spawn(cmd, &format!("etcd {}", self.name)));
+    }
+}
+
+/// A single-member etcd for one test. Killed and its data removed on drop.
+#[derive(Debug)]
+pub struct Etcd {
+    member: Member,
+}
+
+impl Etcd {
+    /// Starts etcd and waits until it answers.
+    pub async fn start() -> Self {
+        let mut member = Member::new(0);
+        let cluster = format!("{}={}", member.name, member.peer_url());
+        member.spawn(&cluster, "new");
+        let etcd = Self { member };
+        etcd.wait_ready().await;
+        etcd
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        self.member.endpoint()
+    }
+
+    /// A client for this etcd with the registry's connection options.
+    pub async fn client(&self) -> Client {
+        connect(&[self.endpoint()]).await
+    }
+
+    /// Stops etcd gracefully (SIGTERM) and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.member.child.take() {
+            child.terminate(Duration::from_secs(10));
+        }
+    }
+
+    /// Starts etcd again on the same ports and data, and waits until it answers.
+    pub async fn restart(&mut self) {
+        assert!(self.member.child.is_none(), "etcd is still running");
+        let cluster = format!("{}={}", self.member.name, self.member.peer_url());
+        self.member.spawn(&cluster, "existing");
+        self.wait_ready().await;
+    }
+
+    async fn wait_ready(&self) {
+        wait_ready(&self.endpoint()).await;
+    }
+}
+
+/// A 3-member (or n-member) etcd cluster on loopback.
+#[derive(Debug)]
+pub struct EtcdCluster {
+    members: Vec<Member>,
+}
+
+impl EtcdCluster {
+    /// Starts `n` members and waits until each answers.
+    pub async fn start(n: usize) -> Self {
+        let mut members: Vec<Member> = (0..n).map(Member::new).collect();
+        let cluster = members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",");
+        for m in &mut members {
+            m.spawn(&cluster, "new");
+        }
+        for m in &members {
+            wait_ready(&m.endpoint()).await;
+        }
+        Self { members }
+    }
+
+    /// Client URLs of the members still running.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .filter(|m| m.child.is_some())
+            .map(Member::endpoint)
+            .collect()
+    }
+
+    /// A client over every running member.
+    pub async fn client(&self) -> Client {
+        connect(&self.endpoints()).await
+    }
+
+    /// Index of the current leader (asks each running member).
+    pub async fn leader(&self) -> usize {
+        eventually(Duration::from_secs(10), "an etcd leader", || async {
+            for (i, m) in self.members.iter().enumerate() {
+                if m.child.is_none() {
+                    continue;
+                }
+                let Ok(mut c) = Client::connect([m.endpoint()], None).await else {
+                    continue;
+                };
+                if let Ok(status) = c.status().await {
+                    let me = status.header().map(|h| h.member_id());
+                    if me.is_some() && me == Some(status.leader()) {
+                        return Some(i);
+                    }
+                }
+            }
+            None
+        })
+        .await
+    }
+
+    /// SIGKILLs member `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            child.kill();
+        }
+    }
+}
+
+async fn connect(endpoints: &[String]) -> Client {
+    switchyard_registry::EtcdConfig::new(endpoints)
+        .expect("endpoints")
+        .connect()
+        .await
+        .expect("connect")
+}
+
+async fn wait_ready(endpoint: &str) {
+    let client = Client::connect([endpoint], None).await.expect("client");
+    eventually(Duration::from_secs(20), &format!("etcd at {endpoint}"), || {
+        let mut c = client.clone();
+        async move { c.get("/", None).await.ok() }
+    })
+    .await;
+}
