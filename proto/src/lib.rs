@@ -4,11 +4,19 @@
 //! - [`v1`]: generated protobuf messages and tonic services for package `switchyard.v1`
 //!   (`router.proto`: the `Router` and `Admin` services; `wire.proto`: HELLO, WELCOME, KICK,
 //!   GOAWAY and REJECT payloads).
+//! - [`wire`]: the long-connection frame codec (DESIGN contract 3) for gateways and clients.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for gRPC server reflection.
 #![forbid(unsafe_code)]
 
+pub mod wire;
+
 /// Generated code for protobuf package `switchyard.v1`.
-#[allow(missing_docs, unreachable_pub, missing_debug_implementations, clippy::all)]
+#[allow(
+    missing_docs,
+    unreachable_pub,
+    missing_debug_implementations,
+    clippy::all
+)]
 pub mod v1 {
     tonic::include_proto!("switchyard.v1");
 }

@@ -99,14 +99,16 @@ impl EtcdConfig {
 pub fn is_transient(err: &etcd_client::Error) -> bool {
     use etcd_client::Error as E;
     match err {
-        E::GRpcStatus(status) => matches!(
-            status.code(),
-            tonic::Code::Unavailable
-                | tonic::Code::Unknown
-                | tonic::Code::DeadlineExceeded
-                | tonic::Code::Cancelled
-                | tonic::Code::Aborted
-        ) || status.message().contains("leader"),
+        E::GRpcStatus(status) => {
+            matches!(
+                status.code(),
+                tonic::Code::Unavailable
+                    | tonic::Code::Unknown
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Cancelled
+                    | tonic::Code::Aborted
+            ) || status.message().contains("leader")
+        }
         E::TransportError(_) | E::IoError(_) => true,
         E::LeaseKeepAliveError(msg) | E::WatchError(msg) => !msg.contains("not found"),
         _ => false,

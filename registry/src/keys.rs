@@ -61,7 +61,10 @@ pub fn validate_id(id: &str) -> Result<(), KeyError> {
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
     {
-        return Err(KeyError::IdChar { id: id.to_owned(), ch });
+        return Err(KeyError::IdChar {
+            id: id.to_owned(),
+            ch,
+        });
     }
     Ok(())
 }
@@ -155,7 +158,10 @@ mod tests {
     fn ids_follow_the_schema() {
         assert!(GatewayId::new("gw-sh-1.a_b").is_ok());
         assert_eq!(GatewayId::new(""), Err(KeyError::IdLength(0)));
-        assert_eq!(GatewayId::new("x".repeat(129)), Err(KeyError::IdLength(129)));
+        assert_eq!(
+            GatewayId::new("x".repeat(129)),
+            Err(KeyError::IdLength(129))
+        );
         assert!(GatewayId::new("x".repeat(128)).is_ok());
         let err = GatewayId::new("gw/1").unwrap_err();
         assert!(err.to_string().contains("'/'"), "{err}");

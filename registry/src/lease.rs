@@ -223,7 +223,11 @@ impl LeaseSession {
         let key = self.key.clone();
         let resp = retry(|| {
             let txn = Txn::new()
-                .when(vec![Compare::lease(key.clone(), CompareOp::Equal, lease_id)])
+                .when(vec![Compare::lease(
+                    key.clone(),
+                    CompareOp::Equal,
+                    lease_id,
+                )])
                 .and_then(vec![TxnOp::put(
                     key.clone(),
                     value.clone(),
@@ -267,7 +271,13 @@ impl LeaseSession {
             })
             .await
             .map(drop)
-            .or_else(|e| if is_lease_not_found(&e) { Ok(()) } else { Err(e) })?;
+            .or_else(|e| {
+                if is_lease_not_found(&e) {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })?;
         }
         info!(key = %self.key, "lease revoked");
         Ok(())
@@ -365,7 +375,11 @@ async fn create(
         .await?;
         if resp.succeeded() {
             if holder_ttl > 0 {
-                warn!(key, old_lease = format_args!("{holder:x}"), "took over a live registration");
+                warn!(
+                    key,
+                    old_lease = format_args!("{holder:x}"),
+                    "took over a live registration"
+                );
                 let _ = client.lease_revoke(holder).await;
             }
             return Ok(());
@@ -498,7 +512,11 @@ impl Task {
         if let Some(latest) = latest {
             let _ = self
                 .client
-                .put(self.key.clone(), latest, Some(PutOptions::new().with_lease(lease_id)))
+                .put(
+                    self.key.clone(),
+                    latest,
+                    Some(PutOptions::new().with_lease(lease_id)),
+                )
                 .await;
         }
         metrics::counter!("switchyard_registry_reregistrations_total").increment(1);

@@ -323,22 +323,40 @@ mod tests {
             RecordError::Weight(0)
         );
         let mismatch = GatewayRecord::from_key_value("gw-other", EXAMPLE.as_bytes()).unwrap_err();
-        assert!(mismatch.to_string().contains("does not match"), "{mismatch}");
+        assert!(
+            mismatch.to_string().contains("does not match"),
+            "{mismatch}"
+        );
     }
 
     #[test]
     fn host_port_forms() {
-        for ok in ["127.0.0.1:7200", "[::1]:7200", "gw.example.com:443", "gw-1:80"] {
+        for ok in [
+            "127.0.0.1:7200",
+            "[::1]:7200",
+            "gw.example.com:443",
+            "gw-1:80",
+        ] {
             assert!(is_host_port(ok), "{ok}");
         }
-        for bad in ["127.0.0.1", ":80", "host:0", "host:99999", "::1:80", "a b:80"] {
+        for bad in [
+            "127.0.0.1",
+            ":80",
+            "host:0",
+            "host:99999",
+            "::1:80",
+            "a b:80",
+        ] {
             assert!(!is_host_port(bad), "{bad}");
         }
     }
 
     #[test]
     fn drains_accept_any_object() {
-        assert_eq!(DrainRecord::from_json(b"{}").unwrap(), DrainRecord::default());
+        assert_eq!(
+            DrainRecord::from_json(b"{}").unwrap(),
+            DrainRecord::default()
+        );
         let d = DrainRecord::from_json(br#"{"reason":"kernel upgrade","by":"ops"}"#).unwrap();
         assert_eq!(d.reason, "kernel upgrade");
         assert!(DrainRecord::from_json(b"yes").is_err());

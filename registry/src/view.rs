@@ -102,8 +102,15 @@ mod tests {
     fn decoder_sorts_keys_into_entries() {
         let d = decoder(&Prefix::default());
         let rec = br#"{"id":"gw-1","addrs":{"tcp":"127.0.0.1:7200"},"capacity":10}"#;
-        assert!(matches!(d("gateways/gw-1", rec), Ok(Some(Entry::Gateway(_)))));
-        assert!(d("gateways/gw-2", rec).unwrap_err().contains("does not match"));
+        assert!(matches!(
+            d("gateways/gw-1", rec),
+            Ok(Some(Entry::Gateway(_)))
+        ));
+        assert!(
+            d("gateways/gw-2", rec)
+                .unwrap_err()
+                .contains("does not match")
+        );
         assert!(matches!(d("drain/gw-1", b"{}"), Ok(Some(Entry::Drain(_)))));
         assert!(d("drain/bad id", b"{}").is_err());
         assert!(d("gateways/gw-1", b"garbage").is_err());

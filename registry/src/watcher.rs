@@ -94,7 +94,12 @@ impl<T> Drop for PrefixWatcher<T> {
 
 impl<T: Send + Sync + 'static> PrefixWatcher<T> {
     /// Starts watching `prefix`; the first snapshot with `revision > 0` is the first full list.
-    pub fn spawn(client: Client, prefix: String, decoder: Decoder<T>, config: WatcherConfig) -> Self {
+    pub fn spawn(
+        client: Client,
+        prefix: String,
+        decoder: Decoder<T>,
+        config: WatcherConfig,
+    ) -> Self {
         let (snap_tx, snapshots) = watch::channel(Arc::new(Snapshot::default()));
         let (contact_tx, contact) = watch::channel(Contact {
             connected: false,
@@ -283,10 +288,18 @@ impl<T: Send + Sync + 'static> Task<T> {
     }
 
     fn relative<'k>(&self, key: &'k [u8]) -> Option<&'k str> {
-        std::str::from_utf8(key).ok()?.strip_prefix(self.prefix.as_str())
+        std::str::from_utf8(key)
+            .ok()?
+            .strip_prefix(self.prefix.as_str())
     }
 
-    fn apply_put(&mut self, key: &[u8], value: &[u8], mod_rev: i64, known: &BTreeMap<String, String>) {
+    fn apply_put(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        mod_rev: i64,
+        known: &BTreeMap<String, String>,
+    ) {
         let Some(rel) = self.relative(key) else {
             metrics::counter!("switchyard_registry_invalid_values_total").increment(1);
             warn!(prefix = %self.prefix, "key that is not UTF-8 skipped");
@@ -338,7 +351,8 @@ impl<T: Send + Sync + 'static> Task<T> {
     }
 
     fn lost_contact(&self) {
-        self.contact_tx.send_if_modified(|c| std::mem::replace(&mut c.connected, false));
+        self.contact_tx
+            .send_if_modified(|c| std::mem::replace(&mut c.connected, false));
     }
 }
 

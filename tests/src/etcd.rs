@@ -218,9 +218,13 @@ async fn connect(endpoints: &[String]) -> Client {
 
 async fn wait_ready(endpoint: &str) {
     let client = Client::connect([endpoint], None).await.expect("client");
-    eventually(Duration::from_secs(20), &format!("etcd at {endpoint}"), || {
-        let mut c = client.clone();
-        async move { c.get("/", None).await.ok() }
-    })
+    eventually(
+        Duration::from_secs(20),
+        &format!("etcd at {endpoint}"),
+        || {
+            let mut c = client.clone();
+            async move { c.get("/", None).await.ok() }
+        },
+    )
     .await;
 }
