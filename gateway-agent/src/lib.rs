@@ -1,2 +1,11 @@
-//! (filled in by its issue)
+//! Switchyard's gateway side: the agent that registers a gateway in etcd and reports its
+//! load, health and drains (embeddable library and the `switchyard-agent` sidecar).
+//!
+//! # Layout
+//! - [`agent`]: [`agent::Config`], [`agent::start`], the [`agent::Agent`] handle; probes,
+//!   connection counting, the reporting policy and the sidecar runner.
+//! - [`cli`]: helpers shared by the binaries (config-file merge, logging, metrics endpoint).
 #![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod cli;
