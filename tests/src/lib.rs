@@ -3,6 +3,7 @@
 //! bounded polling.
 //!
 //! # Layout
+//! - [`agent`]: the `switchyard-agent` sidecar as a process, its record and metrics.
 //! - [`etcd`]: [`Etcd`] (start, stop, restart on the same ports and data) and [`EtcdCluster`].
 //! - [`proxy`]: [`CutProxy`], a loopback TCP proxy whose links can be cut and restored.
 //! - [`process`]: [`bin_path`] and [`Child`], workspace binaries as separate OS processes.
@@ -12,6 +13,7 @@
 //! loudly (it never skips): run `.ci/run` or install Debian's `etcd-server`.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod etcd;
 pub mod process;
 pub mod proxy;
