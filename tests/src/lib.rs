@@ -3,6 +3,7 @@
 //! bounded polling.
 //!
 //! # Layout
+//! - [`agent`]: the `switchyard-agent` sidecar as a process, its record and metrics.
 //! - [`cluster`]: [`Cluster`], etcd + routers + reference gateways as processes.
 //! - [`etcd`]: [`Etcd`] (start, stop, restart on the same ports and data) and [`EtcdCluster`].
 //! - [`proxy`]: [`CutProxy`], a loopback TCP proxy whose links can be cut and restored.
@@ -13,6 +14,7 @@
 //! loudly (it never skips): run `.ci/run` or install Debian's `etcd-server`.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod cluster;
 pub mod etcd;
 pub mod process;
