@@ -85,13 +85,14 @@ async fn record_appears_with_the_documented_fields_and_a_lease() {
 async fn bad_flags_are_refused_with_a_clear_message() {
     init_tracing();
     let prefix = unique_prefix();
-    for (flags, expect) in [
-        (&["--id", "bad id"][..], "only A-Z a-z 0-9"),
-        (&["--capacity", "0"][..], "capacity must be at least 1"),
-        (&["--ttl", "1500ms"][..], "ttl must be whole seconds"),
-        (&["--probe", "udp://x:1"][..], "is not tcp://host:port"),
+    for (id, flags, expect) in [
+        ("bad id", &[][..], "only A-Z a-z 0-9"),
+        ("gw-bad", &["--capacity", "0"][..], "capacity must be at least 1"),
+        ("gw-bad", &["--ttl", "1500ms"][..], "ttl must be whole seconds"),
+        ("gw-bad", &["--probe", "udp://x:1"][..], "is not tcp://host:port"),
+        ("gw-bad", &["--label", "novalue"][..], "is not key=value"),
     ] {
-        let mut cmd = command("http://127.0.0.1:1", &prefix, "gw-bad");
+        let mut cmd = command("http://127.0.0.1:1", &prefix, id);
         cmd.args(flags).stderr(std::process::Stdio::piped());
         let out = cmd.output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -385,7 +385,7 @@ async fn report_loop(inner: std::sync::Weak<Inner>) {
     let age_tick = Duration::from_secs(1);
     loop {
         let Some(inner) = inner.upgrade() else { return };
-        let wait_until = match inner.write_if_due(false).await {
+        let wait_until = match inner.write_if_due().await {
             Some(at) => at.min(Instant::now() + age_tick),
             None => Instant::now() + age_tick,
         };
@@ -410,20 +410,15 @@ impl Inner {
         }
     }
 
-    /// Writes the record when the reporter says so (or always, with `force`). Returns when
-    /// to look again, `None` when shut down or after a failed write (retry on the next tick).
-    async fn write_if_due(&self, force: bool) -> Option<Instant> {
+    /// Writes the record when the reporter says so. Returns when to look again, `None` when
+    /// shut down or after a failed write (retried on the next tick).
+    async fn write_if_due(&self) -> Option<Instant> {
         let mut writer = self.writer.lock().await;
         let now = Instant::now();
         metrics::gauge!("switchyard_agent_last_report_age_seconds")
             .set(now.duration_since(writer.reporter.last_at()).as_secs_f64());
         let current = self.observed();
-        let decision = if force {
-            Decision::Write
-        } else {
-            writer.reporter.decide(now, &current)
-        };
-        if let Decision::WaitUntil(at) = decision {
+        if let Decision::WaitUntil(at) = writer.reporter.decide(now, &current) {
             return Some(at);
         }
         let session = writer.session.as_ref()?;
@@ -492,11 +487,14 @@ impl Agent {
         self.inner.ops_drain.clone()
     }
 
-    /// Marks the gateway draining and writes the record at once (returns after the write,
-    /// or after the attempt when etcd is unreachable; the session writes it on return).
+    /// Marks the gateway draining and writes the record at once: returns once the record
+    /// says draining (a state change is never delayed), or after a failed attempt when etcd
+    /// is unreachable (the reporting loop retries, and re-registration writes the latest).
     pub async fn drain(&self) {
         self.update(|i| i.draining = true);
-        if self.inner.write_if_due(true).await.is_some() {
+        // The reporting loop may be writing it already; the writer lock orders the two and
+        // the reporter skips the second.
+        if self.inner.write_if_due().await.is_some() {
             info!(id = %self.inner.config.id, "record says draining");
         }
     }
