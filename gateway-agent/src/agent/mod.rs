@@ -313,12 +313,17 @@ pub async fn start(config: Config) -> Result<Agent, StartError> {
 
 /// Watches exactly `P/drain/<id>`: a prefix watch on the key, keeping only the key itself
 /// (a prefix would also match `<id>0`, `<id>-b`, …).
-fn watch_ops_drain(client: switchyard_registry::etcd_client::Client, config: &Config) -> PrefixWatcher<DrainRecord> {
+fn watch_ops_drain(
+    client: switchyard_registry::etcd_client::Client,
+    config: &Config,
+) -> PrefixWatcher<DrainRecord> {
     let decoder: Decoder<DrainRecord> = Arc::new(|rel: &str, value: &[u8]| {
         if !rel.is_empty() {
             return Ok(None);
         }
-        DrainRecord::from_json(value).map(Some).map_err(|e| e.to_string())
+        DrainRecord::from_json(value)
+            .map(Some)
+            .map_err(|e| e.to_string())
     });
     PrefixWatcher::spawn(
         client,
@@ -330,9 +335,7 @@ fn watch_ops_drain(client: switchyard_registry::etcd_client::Client, config: &Co
 
 /// Turns the watcher's snapshots into "drained or not"; a value that does not parse is not
 /// a drain (the watcher logs and counts it).
-fn follow_ops_drain(
-    watcher: &PrefixWatcher<DrainRecord>,
-) -> watch::Receiver<Option<DrainRecord>> {
+fn follow_ops_drain(watcher: &PrefixWatcher<DrainRecord>) -> watch::Receiver<Option<DrainRecord>> {
     let mut snapshots = watcher.snapshots();
     let (tx, rx) = watch::channel(None);
     tokio::spawn(async move {
@@ -376,7 +379,9 @@ async fn export_lease_state(mut state: watch::Receiver<LeaseState>, stop: Cancel
 /// Wakes on input changes, ops drains and the reporter's deadlines; writes when the
 /// reporter says so. Holds only a weak reference so dropping every handle stops it.
 async fn report_loop(inner: std::sync::Weak<Inner>) {
-    let Some(strong) = inner.upgrade() else { return };
+    let Some(strong) = inner.upgrade() else {
+        return;
+    };
     let mut inputs = strong.inputs.subscribe();
     let mut ops = strong.ops_drain.clone();
     let stop = strong.stop.clone();
@@ -552,16 +557,25 @@ mod tests {
     fn bad_configs_are_refused_with_the_reason() {
         let mut c = config();
         c.capacity = 0;
-        assert!(matches!(c.validate(), Err(ConfigError::Record(RecordError::Capacity))));
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Record(RecordError::Capacity))
+        ));
         let mut c = config();
         c.addrs = Addrs::default();
-        assert!(matches!(c.validate(), Err(ConfigError::Record(RecordError::NoAddress))));
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Record(RecordError::NoAddress))
+        ));
         let mut c = config();
         c.ttl = Duration::from_millis(2500);
         assert!(matches!(c.validate(), Err(ConfigError::Ttl(_))));
         let mut c = config();
         c.report_max_interval = Duration::from_secs(1);
-        assert!(matches!(c.validate(), Err(ConfigError::ReportMaxInterval { .. })));
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::ReportMaxInterval { .. })
+        ));
         let mut c = config();
         c.report_delta = 1.5;
         assert!(matches!(c.validate(), Err(ConfigError::ReportDelta(_))));
