@@ -46,10 +46,10 @@ impl Probe {
         if spec.starts_with("http://") || spec.starts_with("https://") {
             return Ok(Self::Http(Target::parse(spec)?));
         }
-        if let Some(cmd) = spec.strip_prefix("exec:") {
-            if !cmd.trim().is_empty() {
-                return Ok(Self::Exec(cmd.to_owned()));
-            }
+        if let Some(cmd) = spec.strip_prefix("exec:")
+            && !cmd.trim().is_empty()
+        {
+            return Ok(Self::Exec(cmd.to_owned()));
         }
         Err(ProbeError::Unknown(spec.to_owned()))
     }
