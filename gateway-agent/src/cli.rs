@@ -250,7 +250,8 @@ mod tests {
 
     #[test]
     fn file_values_fill_in_and_flags_win() {
-        let f = file("id = \"gw-file\"\ncapacity = 500\ntakeover = true\nlabel = [\"a=1\", \"b=2\"]\n");
+        let f =
+            file("id = \"gw-file\"\ncapacity = 500\ntakeover = true\nlabel = [\"a=1\", \"b=2\"]\n");
         let p = f.0.to_str().unwrap();
         let flags: Flags = parse_from(["prog", "--config", p]).unwrap();
         assert_eq!(flags.id, "gw-file");
@@ -271,6 +272,9 @@ mod tests {
         assert!(e.to_string().contains("not valid TOML"), "{e}");
         let e = parse_from::<Flags, _>(["prog", "--config", "/nonexistent.toml"]).unwrap_err();
         assert!(e.to_string().contains("cannot read"), "{e}");
-        assert!(parse_from::<Flags, _>(["prog"]).is_err(), "--id is still required");
+        assert!(
+            parse_from::<Flags, _>(["prog"]).is_err(),
+            "--id is still required"
+        );
     }
 }

@@ -53,7 +53,14 @@ impl AgentProcess {
 pub fn command(etcd: &str, prefix: &Prefix, id: &str) -> Command {
     let mut cmd = Command::new(bin_path("switchyard-agent"));
     cmd.args(["--etcd", etcd, "--prefix", prefix.as_str(), "--id", id])
-        .args(["--tcp-addr", "127.0.0.1:7200", "--capacity", "1000", "--ttl", "2s"])
+        .args([
+            "--tcp-addr",
+            "127.0.0.1:7200",
+            "--capacity",
+            "1000",
+            "--ttl",
+            "2s",
+        ])
         .env("RUST_LOG", "info,switchyard_registry=debug")
         .env_remove("RUST_BACKTRACE")
         .stdin(Stdio::null());
@@ -62,12 +69,10 @@ pub fn command(etcd: &str, prefix: &Prefix, id: &str) -> Command {
 
 /// A metric's value in Prometheus text.
 pub fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().ok())?
-        })
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (name, value) = l.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok())?
+    })
 }
 
 /// The gateway's record and the lease it is on, read from etcd; `None` when absent.

@@ -27,8 +27,16 @@ async fn probe_failure_marks_unhealthy_in_time_and_recovery_serves_again() {
         &prefix,
         "gw-probe",
         &[
-            "--probe", &probe, "--probe-interval", "200ms", "--probe-timeout", "150ms",
-            "--rise", "2", "--fall", "3",
+            "--probe",
+            &probe,
+            "--probe-interval",
+            "200ms",
+            "--probe-timeout",
+            "150ms",
+            "--rise",
+            "2",
+            "--fall",
+            "3",
         ],
     );
     eventually(WAIT, "serving", || async {
@@ -87,7 +95,14 @@ async fn connections_are_counted_from_the_kernel_tables() {
         &etcd.endpoint(),
         &prefix,
         "gw-conns",
-        &["--count-conns-on", &port_s, "--report-interval", "200ms", "--report-delta", "0"],
+        &[
+            "--count-conns-on",
+            &port_s,
+            "--report-interval",
+            "200ms",
+            "--report-delta",
+            "0",
+        ],
     );
     eventually(WAIT, "registered with 0 connections", || async {
         let (r, _) = record(&client, &prefix, "gw-conns").await?;
@@ -158,8 +173,14 @@ async fn hysteresis_bounds_writes_when_steady_and_under_churn() {
         &prefix,
         "gw-hyst",
         &[
-            "--load-url", &url, "--report-interval", "300ms", "--report-delta", "0.02",
-            "--report-max-interval", "1500ms",
+            "--load-url",
+            &url,
+            "--report-interval",
+            "300ms",
+            "--report-delta",
+            "0.02",
+            "--report-max-interval",
+            "1500ms",
         ],
     );
     let writes = || async { agent.metric("switchyard_agent_record_writes_total").await };
@@ -173,7 +194,10 @@ async fn hysteresis_bounds_writes_when_steady_and_under_churn() {
     let w0 = eventually(WAIT, "metrics", writes).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let steady = writes().await.unwrap() - w0;
-    assert!((1.0..=3.0).contains(&steady), "{steady} writes while steady for 3 s");
+    assert!(
+        (1.0..=3.0).contains(&steady),
+        "{steady} writes while steady for 3 s"
+    );
 
     // Churn inside the band (±15) for 2 s: still only refreshes.
     let w1 = writes().await.unwrap();
@@ -185,7 +209,10 @@ async fn hysteresis_bounds_writes_when_steady_and_under_churn() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let small = writes().await.unwrap() - w1;
-    assert!(small <= 2.0, "{small} writes under churn inside the band for 2 s");
+    assert!(
+        small <= 2.0,
+        "{small} writes under churn inside the band for 2 s"
+    );
 
     // Churn well outside the band for 2 s: rate-limited to one write per 300 ms.
     let w2 = writes().await.unwrap();

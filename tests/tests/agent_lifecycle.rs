@@ -26,10 +26,16 @@ async fn sigterm_drains_at_once_waits_the_grace_then_revokes_and_exits_0() {
     let etcd = Etcd::start().await;
     let client = etcd.client().await;
     let prefix = unique_prefix();
-    let mut agent =
-        AgentProcess::spawn(&etcd.endpoint(), &prefix, "gw-term", &["--drain-grace", "1500ms"]);
-    eventually(WAIT, "serving", || state_is(&client, &prefix, "gw-term", GatewayState::Serving))
-        .await;
+    let mut agent = AgentProcess::spawn(
+        &etcd.endpoint(),
+        &prefix,
+        "gw-term",
+        &["--drain-grace", "1500ms"],
+    );
+    eventually(WAIT, "serving", || {
+        state_is(&client, &prefix, "gw-term", GatewayState::Serving)
+    })
+    .await;
 
     agent.child.signal("TERM");
     let signalled = Instant::now();
@@ -43,7 +49,10 @@ async fn sigterm_drains_at_once_waits_the_grace_then_revokes_and_exits_0() {
         signalled.elapsed()
     );
     eventually(WAIT, "key gone after the grace", || async {
-        record(&client, &prefix, "gw-term").await.is_none().then_some(())
+        record(&client, &prefix, "gw-term")
+            .await
+            .is_none()
+            .then_some(())
     })
     .await;
     let gone = signalled.elapsed();
@@ -60,10 +69,16 @@ async fn a_second_signal_revokes_and_exits_at_once() {
     let etcd = Etcd::start().await;
     let client = etcd.client().await;
     let prefix = unique_prefix();
-    let mut agent =
-        AgentProcess::spawn(&etcd.endpoint(), &prefix, "gw-int", &["--drain-grace", "30s"]);
-    eventually(WAIT, "serving", || state_is(&client, &prefix, "gw-int", GatewayState::Serving))
-        .await;
+    let mut agent = AgentProcess::spawn(
+        &etcd.endpoint(),
+        &prefix,
+        "gw-int",
+        &["--drain-grace", "30s"],
+    );
+    eventually(WAIT, "serving", || {
+        state_is(&client, &prefix, "gw-int", GatewayState::Serving)
+    })
+    .await;
     agent.child.signal("INT");
     eventually(WAIT, "draining", || {
         state_is(&client, &prefix, "gw-int", GatewayState::Draining)
@@ -72,8 +87,15 @@ async fn a_second_signal_revokes_and_exits_at_once() {
     agent.child.signal("INT");
     let second = Instant::now();
     assert_eq!(agent.child.wait_timeout(WAIT), Some(0));
-    assert!(second.elapsed() < Duration::from_secs(1), "{:?}", second.elapsed());
-    assert!(record(&client, &prefix, "gw-int").await.is_none(), "lease revoked");
+    assert!(
+        second.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        second.elapsed()
+    );
+    assert!(
+        record(&client, &prefix, "gw-int").await.is_none(),
+        "lease revoked"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -86,8 +108,10 @@ async fn ops_drain_and_undrain_through_the_drain_key() {
     // A neighbour whose id extends this one must not be drained with it.
     let _neighbour = AgentProcess::spawn(&etcd.endpoint(), &prefix, "gw-ops2", &[]);
     for id in ["gw-ops", "gw-ops2"] {
-        eventually(WAIT, "serving", || state_is(&client, &prefix, id, GatewayState::Serving))
-            .await;
+        eventually(WAIT, "serving", || {
+            state_is(&client, &prefix, id, GatewayState::Serving)
+        })
+        .await;
     }
     let id = GatewayId::new("gw-ops").unwrap();
     let drain = DrainRecord {
@@ -95,13 +119,19 @@ async fn ops_drain_and_undrain_through_the_drain_key() {
         by: "ops".into(),
         at: Some(chrono::Utc::now()),
     };
-    view::put_drain(&client, &prefix, &id, &drain).await.unwrap();
+    view::put_drain(&client, &prefix, &id, &drain)
+        .await
+        .unwrap();
     let asked = Instant::now();
     eventually(WAIT, "ops drain reflected", || {
         state_is(&client, &prefix, "gw-ops", GatewayState::Draining)
     })
     .await;
-    assert!(asked.elapsed() < Duration::from_secs(1), "{:?}", asked.elapsed());
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        asked.elapsed()
+    );
     assert!(
         state_is(&client, &prefix, "gw-ops2", GatewayState::Serving)
             .await
@@ -135,7 +165,10 @@ async fn etcd_restart_after_more_than_the_ttl_registers_again_within_2s() {
     let mut agent = AgentProcess::spawn(&etcd.endpoint(), &prefix, "gw-restart", &[]);
     {
         let client = etcd.client().await;
-        eventually(WAIT, "registered", || record(&client, &prefix, "gw-restart")).await;
+        eventually(WAIT, "registered", || {
+            record(&client, &prefix, "gw-restart")
+        })
+        .await;
     }
     etcd.stop();
     tokio::time::sleep(Duration::from_secs(3)).await; // TTL is 2 s
@@ -169,9 +202,16 @@ async fn partition_longer_than_the_ttl_expires_the_key_then_registers_again_with
     let (_, lease) = eventually(WAIT, "registered", || record(&client, &prefix, "gw-cut")).await;
 
     proxy.cut();
-    eventually(Duration::from_secs(4), "lease expired during the partition", || async {
-        record(&client, &prefix, "gw-cut").await.is_none().then_some(())
-    })
+    eventually(
+        Duration::from_secs(4),
+        "lease expired during the partition",
+        || async {
+            record(&client, &prefix, "gw-cut")
+                .await
+                .is_none()
+                .then_some(())
+        },
+    )
     .await;
     eventually(WAIT, "agent reports the lost contact", || async {
         let lost = agent

@@ -35,7 +35,8 @@ async fn record_appears_with_the_documented_fields_and_a_lease() {
     cmd.args(["--http-listen", &http]);
     let _agent = Child::spawn(cmd, "switchyard-agent");
 
-    let (rec, lease) = eventually(WAIT, "the record", || record(&client, &prefix, "gw-fields")).await;
+    let (rec, lease) =
+        eventually(WAIT, "the record", || record(&client, &prefix, "gw-fields")).await;
     assert_eq!(rec.id, "gw-fields");
     assert_eq!(rec.addrs.tcp.as_deref(), Some("127.0.0.1:7200"));
     assert_eq!(rec.addrs.ws.as_deref(), Some("ws://127.0.0.1:7202/ws"));
@@ -49,7 +50,11 @@ async fn record_appears_with_the_documented_fields_and_a_lease() {
     assert_eq!(rec.labels.get("tier").map(String::as_str), Some("edge"));
     assert!(rec.started_at.is_some() && rec.updated_at.is_some());
     assert_ne!(lease, 0, "the record is attached to a lease");
-    let ttl = client.clone().lease_time_to_live(lease, None).await.unwrap();
+    let ttl = client
+        .clone()
+        .lease_time_to_live(lease, None)
+        .await
+        .unwrap();
     assert_eq!(ttl.granted_ttl(), 2);
     assert!(ttl.ttl() > 0);
 
@@ -61,10 +66,9 @@ async fn record_appears_with_the_documented_fields_and_a_lease() {
         .await
         .unwrap();
     assert!(status.is_success());
-    let metrics = switchyard_gateway_agent::agent::http::Target::parse(&format!(
-        "http://{http}/metrics"
-    ))
-    .unwrap();
+    let metrics =
+        switchyard_gateway_agent::agent::http::Target::parse(&format!("http://{http}/metrics"))
+            .unwrap();
     let (_, body) = switchyard_gateway_agent::agent::http::get(&metrics)
         .await
         .unwrap();
@@ -85,13 +89,26 @@ async fn record_appears_with_the_documented_fields_and_a_lease() {
 async fn bad_flags_are_refused_with_a_clear_message() {
     init_tracing();
     let prefix = unique_prefix();
-    for (flags, expect) in [
-        (&["--id", "bad id"][..], "only A-Z a-z 0-9"),
-        (&["--capacity", "0"][..], "capacity must be at least 1"),
-        (&["--ttl", "1500ms"][..], "ttl must be whole seconds"),
-        (&["--probe", "udp://x:1"][..], "is not tcp://host:port"),
+    for (id, flags, expect) in [
+        ("bad id", &[][..], "only A-Z a-z 0-9"),
+        (
+            "gw-bad",
+            &["--capacity", "0"][..],
+            "capacity must be at least 1",
+        ),
+        (
+            "gw-bad",
+            &["--ttl", "1500ms"][..],
+            "ttl must be whole seconds",
+        ),
+        (
+            "gw-bad",
+            &["--probe", "udp://x:1"][..],
+            "is not tcp://host:port",
+        ),
+        ("gw-bad", &["--label", "novalue"][..], "is not key=value"),
     ] {
-        let mut cmd = command("http://127.0.0.1:1", &prefix, "gw-bad");
+        let mut cmd = command("http://127.0.0.1:1", &prefix, id);
         cmd.args(flags).stderr(std::process::Stdio::piped());
         let out = cmd.output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -107,15 +124,20 @@ async fn duplicate_id_is_refused_and_takeover_replaces_it() {
     let client = etcd.client().await;
     let prefix = unique_prefix();
     let mut first = AgentProcess::spawn(&etcd.endpoint(), &prefix, "gw-dup", &[]);
-    let (_, first_lease) =
-        eventually(WAIT, "first registration", || record(&client, &prefix, "gw-dup")).await;
+    let (_, first_lease) = eventually(WAIT, "first registration", || {
+        record(&client, &prefix, "gw-dup")
+    })
+    .await;
 
     let mut dup = command(&etcd.endpoint(), &prefix, "gw-dup");
     dup.stderr(std::process::Stdio::piped());
     let out = dup.output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("already registered by a live owner"), "{stderr}");
+    assert!(
+        stderr.contains("already registered by a live owner"),
+        "{stderr}"
+    );
     assert!(stderr.contains("--takeover"), "{stderr}");
     let (_, lease) = record(&client, &prefix, "gw-dup").await.unwrap();
     assert_eq!(lease, first_lease, "the refused agent changed nothing");
@@ -143,9 +165,16 @@ async fn sigkill_of_the_agent_removes_the_key_within_ttl_plus_one_second() {
     eventually(WAIT, "registration", || record(&client, &prefix, "gw-kill")).await;
     agent.child.kill();
     let killed = Instant::now();
-    eventually(Duration::from_secs(3), "key gone after SIGKILL (TTL 2s + 1s)", || async {
-        record(&client, &prefix, "gw-kill").await.is_none().then_some(())
-    })
+    eventually(
+        Duration::from_secs(3),
+        "key gone after SIGKILL (TTL 2s + 1s)",
+        || async {
+            record(&client, &prefix, "gw-kill")
+                .await
+                .is_none()
+                .then_some(())
+        },
+    )
     .await;
     assert!(killed.elapsed() <= Duration::from_secs(3));
 }
@@ -172,7 +201,10 @@ async fn embedded_agent_reports_drains_and_shuts_down() {
     config.report_interval = Duration::from_millis(100);
     config.report_delta = 0.0;
     let a = agent::start(config.clone()).await.unwrap();
-    assert!(matches!(*a.lease_state().borrow(), LeaseState::Active { .. }));
+    assert!(matches!(
+        *a.lease_state().borrow(),
+        LeaseState::Active { .. }
+    ));
     assert_eq!(a.writes(), 1);
 
     // Starting a second agent on the same id is refused with the typed error.
@@ -208,7 +240,9 @@ async fn embedded_agent_reports_drains_and_shuts_down() {
         by: "test".into(),
         at: None,
     };
-    view::put_drain(&client, &prefix, &id, &drain).await.unwrap();
+    view::put_drain(&client, &prefix, &id, &drain)
+        .await
+        .unwrap();
     tokio::time::timeout(WAIT, ops.wait_for(Option::is_some))
         .await
         .unwrap()
@@ -235,7 +269,10 @@ async fn embedded_agent_reports_drains_and_shuts_down() {
     assert_eq!(r.state, GatewayState::Draining);
 
     a.clone().shutdown().await.unwrap();
-    assert!(record(&client, &prefix, "gw-lib").await.is_none(), "revoked: key gone");
+    assert!(
+        record(&client, &prefix, "gw-lib").await.is_none(),
+        "revoked: key gone"
+    );
     assert!(matches!(
         a.shutdown().await,
         Err(agent::AgentError::AlreadyShutDown)

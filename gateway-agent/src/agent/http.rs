@@ -58,7 +58,10 @@ impl Target {
             _ => return Err(bad()),
         };
         let host = uri.host().filter(|h| !h.is_empty()).ok_or_else(bad)?;
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
         Ok(Self {
             tls,
             port: uri.port_u16().unwrap_or(if tls { 443 } else { 80 }),

@@ -313,12 +313,17 @@ pub async fn start(config: Config) -> Result<Agent, StartError> {
 
 /// Watches exactly `P/drain/<id>`: a prefix watch on the key, keeping only the key itself
 /// (a prefix would also match `<id>0`, `<id>-b`, …).
-fn watch_ops_drain(client: switchyard_registry::etcd_client::Client, config: &Config) -> PrefixWatcher<DrainRecord> {
+fn watch_ops_drain(
+    client: switchyard_registry::etcd_client::Client,
+    config: &Config,
+) -> PrefixWatcher<DrainRecord> {
     let decoder: Decoder<DrainRecord> = Arc::new(|rel: &str, value: &[u8]| {
         if !rel.is_empty() {
             return Ok(None);
         }
-        DrainRecord::from_json(value).map(Some).map_err(|e| e.to_string())
+        DrainRecord::from_json(value)
+            .map(Some)
+            .map_err(|e| e.to_string())
     });
     PrefixWatcher::spawn(
         client,
@@ -330,9 +335,7 @@ fn watch_ops_drain(client: switchyard_registry::etcd_client::Client, config: &Co
 
 /// Turns the watcher's snapshots into "drained or not"; a value that does not parse is not
 /// a drain (the watcher logs and counts it).
-fn follow_ops_drain(
-    watcher: &PrefixWatcher<DrainRecord>,
-) -> watch::Receiver<Option<DrainRecord>> {
+fn follow_ops_drain(watcher: &PrefixWatcher<DrainRecord>) -> watch::Receiver<Option<DrainRecord>> {
     let mut snapshots = watcher.snapshots();
     let (tx, rx) = watch::channel(None);
     tokio::spawn(async move {
@@ -376,7 +379,9 @@ async fn export_lease_state(mut state: watch::Receiver<LeaseState>, stop: Cancel
 /// Wakes on input changes, ops drains and the reporter's deadlines; writes when the
 /// reporter says so. Holds only a weak reference so dropping every handle stops it.
 async fn report_loop(inner: std::sync::Weak<Inner>) {
-    let Some(strong) = inner.upgrade() else { return };
+    let Some(strong) = inner.upgrade() else {
+        return;
+    };
     let mut inputs = strong.inputs.subscribe();
     let mut ops = strong.ops_drain.clone();
     let stop = strong.stop.clone();
@@ -385,7 +390,7 @@ async fn report_loop(inner: std::sync::Weak<Inner>) {
     let age_tick = Duration::from_secs(1);
     loop {
         let Some(inner) = inner.upgrade() else { return };
-        let wait_until = match inner.write_if_due(false).await {
+        let wait_until = match inner.write_if_due().await {
             Some(at) => at.min(Instant::now() + age_tick),
             None => Instant::now() + age_tick,
         };
@@ -410,20 +415,15 @@ impl Inner {
         }
     }
 
-    /// Writes the record when the reporter says so (or always, with `force`). Returns when
-    /// to look again, `None` when shut down or after a failed write (retry on the next tick).
-    async fn write_if_due(&self, force: bool) -> Option<Instant> {
+    /// Writes the record when the reporter says so. Returns when to look again, `None` when
+    /// shut down or after a failed write (retried on the next tick).
+    async fn write_if_due(&self) -> Option<Instant> {
         let mut writer = self.writer.lock().await;
         let now = Instant::now();
         metrics::gauge!("switchyard_agent_last_report_age_seconds")
             .set(now.duration_since(writer.reporter.last_at()).as_secs_f64());
         let current = self.observed();
-        let decision = if force {
-            Decision::Write
-        } else {
-            writer.reporter.decide(now, &current)
-        };
-        if let Decision::WaitUntil(at) = decision {
+        if let Decision::WaitUntil(at) = writer.reporter.decide(now, &current) {
             return Some(at);
         }
         let session = writer.session.as_ref()?;
@@ -492,11 +492,14 @@ impl Agent {
         self.inner.ops_drain.clone()
     }
 
-    /// Marks the gateway draining and writes the record at once (returns after the write,
-    /// or after the attempt when etcd is unreachable; the session writes it on return).
+    /// Marks the gateway draining and writes the record at once: returns once the record
+    /// says draining (a state change is never delayed), or after a failed attempt when etcd
+    /// is unreachable (the reporting loop retries, and re-registration writes the latest).
     pub async fn drain(&self) {
         self.update(|i| i.draining = true);
-        if self.inner.write_if_due(true).await.is_some() {
+        // The reporting loop may be writing it already; the writer lock orders the two and
+        // the reporter skips the second.
+        if self.inner.write_if_due().await.is_some() {
             info!(id = %self.inner.config.id, "record says draining");
         }
     }
@@ -554,16 +557,25 @@ mod tests {
     fn bad_configs_are_refused_with_the_reason() {
         let mut c = config();
         c.capacity = 0;
-        assert!(matches!(c.validate(), Err(ConfigError::Record(RecordError::Capacity))));
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Record(RecordError::Capacity))
+        ));
         let mut c = config();
         c.addrs = Addrs::default();
-        assert!(matches!(c.validate(), Err(ConfigError::Record(RecordError::NoAddress))));
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Record(RecordError::NoAddress))
+        ));
         let mut c = config();
         c.ttl = Duration::from_millis(2500);
         assert!(matches!(c.validate(), Err(ConfigError::Ttl(_))));
         let mut c = config();
         c.report_max_interval = Duration::from_secs(1);
-        assert!(matches!(c.validate(), Err(ConfigError::ReportMaxInterval { .. })));
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::ReportMaxInterval { .. })
+        ));
         let mut c = config();
         c.report_delta = 1.5;
         assert!(matches!(c.validate(), Err(ConfigError::ReportDelta(_))));

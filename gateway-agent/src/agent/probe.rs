@@ -12,9 +12,7 @@ use super::http::{self, Target};
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     /// Not one of the three forms.
-    #[error(
-        "probe {0:?} is not tcp://host:port, http(s)://host[:port]/path or exec:<command>"
-    )]
+    #[error("probe {0:?} is not tcp://host:port, http(s)://host[:port]/path or exec:<command>")]
     Unknown(String),
     /// `http(s)://` that does not parse.
     #[error(transparent)]
@@ -48,10 +46,10 @@ impl Probe {
         if spec.starts_with("http://") || spec.starts_with("https://") {
             return Ok(Self::Http(Target::parse(spec)?));
         }
-        if let Some(cmd) = spec.strip_prefix("exec:") {
-            if !cmd.trim().is_empty() {
-                return Ok(Self::Exec(cmd.to_owned()));
-            }
+        if let Some(cmd) = spec.strip_prefix("exec:")
+            && !cmd.trim().is_empty()
+        {
+            return Ok(Self::Exec(cmd.to_owned()));
         }
         Err(ProbeError::Unknown(spec.to_owned()))
     }
@@ -169,7 +167,13 @@ mod tests {
             Probe::parse("exec:test -f /tmp/up").unwrap(),
             Probe::Exec("test -f /tmp/up".into())
         );
-        for bad in ["tcp://nohost", "tcp://h:0", "exec: ", "udp://x:1", "127.0.0.1:80"] {
+        for bad in [
+            "tcp://nohost",
+            "tcp://h:0",
+            "exec: ",
+            "udp://x:1",
+            "127.0.0.1:80",
+        ] {
             let e = Probe::parse(bad).unwrap_err();
             assert!(e.to_string().contains("is not"), "{bad}: {e}");
         }

@@ -87,7 +87,10 @@ pub async fn run(
     // Probe before registering, so a gateway that is down never registers as serving.
     let mut health = Health::new(config.rise, config.fall);
     let first = match &config.probe {
-        Some(p) => Some(record_probe(&mut health, p.check(config.probe_timeout).await)),
+        Some(p) => Some(record_probe(
+            &mut health,
+            p.check(config.probe_timeout).await,
+        )),
         None => None,
     };
     let agent = super::start(agent_config).await?;

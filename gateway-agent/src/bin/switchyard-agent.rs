@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 /// Registers a gateway in etcd, keeps its record current, drains on SIGTERM.
 #[derive(Debug, Parser)]
-#[command(name = "switchyard-agent", version)]
+#[command(name = "switchyard-agent", version, args_override_self = true)]
 struct Flags {
     /// TOML file with any of these flags as keys (flags and env win).
     #[arg(long, env = "SWITCHYARD_CONFIG")]
