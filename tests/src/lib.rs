@@ -7,6 +7,7 @@
 //! - [`proxy`]: [`CutProxy`], a loopback TCP proxy whose links can be cut and restored.
 //! - [`process`]: [`bin_path`] and [`Child`], workspace binaries as separate OS processes.
 //! - [`eventually`]: bounded polling for scenario assertions.
+//! - [`rawclient`]: a raw-socket contract-3 client and an in-process gateway, for gateway tests.
 //!
 //! etcd comes from `ETCD_BIN` or `etcd` on `PATH`; when neither exists every test fails
 //! loudly (it never skips): run `.ci/run` or install Debian's `etcd-server`.
@@ -15,6 +16,7 @@
 pub mod etcd;
 pub mod process;
 pub mod proxy;
+pub mod rawclient;
 
 pub use etcd::{Etcd, EtcdCluster};
 pub use process::{Child, bin_path};
