@@ -3,6 +3,7 @@
 //! bounded polling.
 //!
 //! # Layout
+//! - [`cluster`]: [`Cluster`], etcd + routers + reference gateways as processes.
 //! - [`etcd`]: [`Etcd`] (start, stop, restart on the same ports and data) and [`EtcdCluster`].
 //! - [`proxy`]: [`CutProxy`], a loopback TCP proxy whose links can be cut and restored.
 //! - [`process`]: [`bin_path`] and [`Child`], workspace binaries as separate OS processes.
@@ -13,11 +14,13 @@
 //! loudly (it never skips): run `.ci/run` or install Debian's `etcd-server`.
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 pub mod etcd;
 pub mod process;
 pub mod proxy;
 pub mod rawclient;
 
+pub use cluster::{Cluster, GatewaySpec};
 pub use etcd::{Etcd, EtcdCluster};
 pub use process::{Child, bin_path};
 pub use proxy::CutProxy;
