@@ -68,9 +68,7 @@ impl Child {
 
     /// SIGTERM, wait up to `limit`, then SIGKILL. Returns the exit code if it exited.
     pub fn terminate(&mut self, limit: Duration) -> Option<i32> {
-        if self.inner.is_none() {
-            return None;
-        }
+        self.inner.as_ref()?;
         self.signal("TERM");
         self.wait_timeout(limit)
     }
