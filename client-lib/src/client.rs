@@ -221,6 +221,22 @@ impl Stream for Events {
     }
 }
 
+/// Delivery counters since the client was built (see [`Client::stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Messages accepted by `send()`.
+    pub queued: u64,
+    /// Messages covered by a gateway ACK.
+    pub acked: u64,
+    /// Frames written again on a new link because no ACK covered them.
+    pub resent: u64,
+    /// Messages handed back as undelivered.
+    pub handed_back: u64,
+    /// Lowest sequence number resent on the most recent new link (0: none yet). Receivers
+    /// may see duplicates only from here on.
+    pub last_resend_from: u64,
+}
+
 /// Where the client stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Status {
@@ -249,6 +265,8 @@ struct Common {
     adaptive: Mutex<Option<Adaptive>>,
     /// Every event in order, so apps (and tests) can read the history after the fact.
     history: Mutex<VecDeque<Event>>,
+    /// Delivery counters.
+    stats: Mutex<Stats>,
 }
 
 impl Common {
@@ -315,6 +333,7 @@ impl Client {
                 route_source: Mutex::new(None),
                 adaptive: Mutex::new(adaptive),
                 history: Mutex::new(VecDeque::new()),
+                stats: Mutex::new(Stats::default()),
             }),
             config: Arc::new(config),
             commands: tx,
@@ -439,6 +458,11 @@ impl Client {
         }
     }
 
+    /// Delivery counters: queued, acknowledged, resent, handed back.
+    pub fn stats(&self) -> Stats {
+        *self.common.stats.lock()
+    }
+
     /// Where the last candidate list came from (router, cache or bootstrap).
     pub fn route_source(&self) -> Option<RouteSource> {
         *self.common.route_source.lock()
@@ -509,6 +533,8 @@ struct Driver {
     session_id: String,
     /// Jitter source.
     rng: StdRng,
+    /// Highest sequence number ever written: anything at or below it on a new link is a resend.
+    written_high: u64,
     /// Opens links.
     dialer: Dialer,
 }
@@ -552,6 +578,7 @@ impl Driver {
             router_policy,
             session_id: String::new(),
             rng: StdRng::from_os_rng(),
+            written_high: 0,
         }
     }
 
@@ -713,6 +740,7 @@ impl Driver {
         match cmd {
             Some(Command::Send { payload, done, seq }) => {
                 let _ = seq.send(self.outbox.push(payload, done));
+                self.common.stats.lock().queued += 1;
                 None
             }
             Some(Command::NetworkChanged(n)) => {
@@ -862,9 +890,19 @@ impl Driver {
     ) -> End {
         self.session_id = welcome.session_id.clone();
         let eff = self.effective();
-        let mut interval = match self.common.adaptive.lock().as_ref() {
-            Some(a) => a.interval(&self.network),
-            None => eff.heartbeat_interval,
+        // Precedence: local setting, router policy, the gateway's WELCOME, the default.
+        let told = self
+            .cfg
+            .overrides
+            .heartbeat_interval
+            .or(self.router_policy.heartbeat_interval);
+        let mut interval = match (self.common.adaptive.lock().as_ref(), told) {
+            (Some(a), _) => a.interval(&self.network),
+            (None, Some(i)) => i,
+            (None, None) if welcome.heartbeat_interval_ms > 0 => {
+                Duration::from_millis(welcome.heartbeat_interval_ms)
+            }
+            (None, None) => eff.heartbeat_interval,
         };
         if welcome.idle_timeout_ms > 0 {
             // The gateway reaps links silent for its idle timeout: PING well before that.
@@ -876,10 +914,23 @@ impl Driver {
         let max_frame = self.cfg.max_frame;
         // Everything unacknowledged goes out again first, in order (at-least-once).
         self.outbox.relink();
-        for (seq, payload) in self.outbox.take_unsent() {
+        let unsent = self.outbox.take_unsent();
+        let resends: Vec<u64> = unsent
+            .iter()
+            .map(|(seq, _)| *seq)
+            .filter(|seq| *seq <= self.written_high)
+            .collect();
+        if let Some(first) = resends.first() {
+            let mut st = self.common.stats.lock();
+            st.resent += resends.len() as u64;
+            st.last_resend_from = *first;
+            metrics::counter!("switchyard_client_resent_total").increment(resends.len() as u64);
+        }
+        for (seq, payload) in unsent {
             if let Err(e) = write(&mut tx, Frame::Data { seq, payload }, hb_timeout).await {
                 return End::Lost(e);
             }
+            self.written_high = self.written_high.max(seq);
             hb.on_send(Instant::now());
         }
         let mut recv_high = 0u64;
@@ -915,6 +966,7 @@ impl Driver {
                         Frame::Ack(n) => {
                             let released = self.outbox.ack(n);
                             let count = released.len();
+                            self.common.stats.lock().acked += count as u64;
                             for done in released {
                                 let _ = done.send(Ok(()));
                             }
@@ -949,10 +1001,12 @@ impl Driver {
                 cmd = self.commands.recv() => match cmd {
                     Some(Command::Send { payload, done, seq }) => {
                         let _ = seq.send(self.outbox.push(payload, done));
+                        self.common.stats.lock().queued += 1;
                         for (seq, payload) in self.outbox.take_unsent() {
                             if let Err(e) = write(&mut tx, Frame::Data { seq, payload }, hb_timeout).await {
                                 return End::Lost(e);
                             }
+                            self.written_high = self.written_high.max(seq);
                             hb.on_send(Instant::now());
                         }
                     }
@@ -1017,6 +1071,7 @@ impl Driver {
             match cmd {
                 Command::Send { payload, done, seq } => {
                     let _ = seq.send(0);
+                    self.common.stats.lock().queued += 1;
                     failed.push(payload.clone());
                     let _ = done.send(Err(Undelivered {
                         payload,
@@ -1027,6 +1082,7 @@ impl Driver {
                 Command::NetworkChanged(_) => {}
             }
         }
+        self.common.stats.lock().handed_back += failed.len() as u64;
         self.common.status.send_replace(Status::Ended(why));
         if let Some(r) = reply {
             let _ = r.send(failed);

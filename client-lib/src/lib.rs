@@ -44,7 +44,7 @@ pub mod race;
 pub mod routing;
 mod transport;
 
-pub use client::{Client, Error, Event, Events, Messages, Receipt, SendError, Undelivered};
+pub use client::{Client, Error, Event, Events, Messages, Receipt, SendError, Stats, Undelivered};
 pub use config::{Builder, ConfigError, Keepalive, Protocol, tls_with_roots};
 pub use heartbeat::AdaptiveSettings;
 pub use routing::{Gateway, RouteSource};
