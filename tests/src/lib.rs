@@ -7,13 +7,14 @@
 //! - [`proxy`]: [`CutProxy`], a loopback TCP proxy whose links can be cut and restored.
 //! - [`process`]: [`bin_path`] and [`Child`], workspace binaries as separate OS processes.
 //! - [`eventually`]: bounded polling for scenario assertions.
-//! - [`cluster`]: reference gateways and routers as processes, a client preset for scenarios.
+//! - [`client_kit`]: standalone gateway processes, a client preset and event waits for the
+//!   client scenarios.
 //!
 //! etcd comes from `ETCD_BIN` or `etcd` on `PATH`; when neither exists every test fails
 //! loudly (it never skips): run `.ci/run` or install Debian's `etcd-server`.
 #![forbid(unsafe_code)]
 
-pub mod cluster;
+pub mod client_kit;
 pub mod etcd;
 pub mod process;
 pub mod proxy;

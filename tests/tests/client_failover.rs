@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use switchyard_client::Event;
-use switchyard_tests::cluster::{
+use switchyard_tests::client_kit::{
     GatewayOpts, GatewayProc, fast_client, wait_connected, wait_event,
 };
 use switchyard_tests::{eventually, init_tracing};

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use switchyard_client::{Error, Event, KickCode, SendError};
-use switchyard_tests::cluster::{GatewayOpts, GatewayProc, fast_client, wait_event};
+use switchyard_tests::client_kit::{GatewayOpts, GatewayProc, fast_client, wait_event};
 use switchyard_tests::init_tracing;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

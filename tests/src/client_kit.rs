@@ -1,6 +1,6 @@
-//! Client scenarios' moving parts as separate OS processes: reference gateways (killed,
-//! frozen or drained by the tests) and, with a registry, routers; plus a client preset with
-//! test-sized timings.
+//! Client scenario helpers: a standalone reference gateway process (`--no-register`, for
+//! scenarios that need no registry), a client preset with test-sized timings, and waits on
+//! a client's state and event history. Scenarios with routers use [`crate::Cluster`].
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -17,15 +17,6 @@ fn child_output(cmd: &mut Command) {
     }
 }
 
-/// A registry to register in (etcd endpoint and key prefix).
-#[derive(Debug, Clone)]
-pub struct Registry {
-    /// etcd client URL.
-    pub etcd: String,
-    /// Key prefix shared by the gateways and routers of one test.
-    pub prefix: String,
-}
-
 /// Settings for one reference gateway process.
 #[derive(Debug, Clone, Default)]
 pub struct GatewayOpts {
@@ -33,8 +24,6 @@ pub struct GatewayOpts {
     pub drain_window: Option<Duration>,
     /// `--auth-secret` (HMAC tokens required).
     pub auth_secret: Option<String>,
-    /// Register in etcd; `None` runs with `--no-register`.
-    pub registry: Option<Registry>,
 }
 
 /// A running `switchyard-gateway`.
@@ -53,7 +42,7 @@ pub struct GatewayProc {
 }
 
 impl GatewayProc {
-    /// Starts a gateway on free loopback ports and waits until it serves `/healthz`.
+    /// Starts an unregistered gateway on free loopback ports; waits until it serves `/healthz`.
     pub async fn start(id: &str, opts: &GatewayOpts) -> Self {
         let tcp = format!("127.0.0.1:{}", free_port());
         let ws_addr = format!("127.0.0.1:{}", free_port());
@@ -69,14 +58,7 @@ impl GatewayProc {
         if let Some(s) = &opts.auth_secret {
             cmd.args(["--auth-secret", s]);
         }
-        match &opts.registry {
-            Some(r) => {
-                cmd.args(["--etcd", &r.etcd, "--prefix", &r.prefix, "--ttl", "2s"]);
-            }
-            None => {
-                cmd.arg("--no-register");
-            }
-        }
+        cmd.arg("--no-register");
         child_output(&mut cmd);
         let child = Child::spawn(cmd, &format!("gateway {id}"));
         let me = Self {
@@ -137,41 +119,6 @@ pub async fn http_get(addr: &str, path: &str) -> Option<String> {
         .await
         .ok()
         .flatten()
-}
-
-/// A running `switchyard-router`.
-#[derive(Debug)]
-pub struct RouterProc {
-    /// gRPC URL for clients (`http://127.0.0.1:port`).
-    pub url: String,
-    /// `/metrics` and `/healthz` address.
-    pub http: String,
-    /// The process (killed on drop).
-    pub child: Child,
-}
-
-impl RouterProc {
-    /// Starts a router on `registry` and waits until it serves `/healthz`.
-    pub async fn start(registry: &Registry) -> Self {
-        let listen = format!("127.0.0.1:{}", free_port());
-        let http = format!("127.0.0.1:{}", free_port());
-        let mut cmd = Command::new(bin_path("switchyard-router"));
-        cmd.args(["--etcd", &registry.etcd, "--prefix", &registry.prefix])
-            .args(["--listen", &listen, "--http-listen", &http]);
-        child_output(&mut cmd);
-        let child = Child::spawn(cmd, "router");
-        let h = http.clone();
-        eventually(Duration::from_secs(10), "router /healthz", || {
-            let h = h.clone();
-            async move { http_get(&h, "/healthz").await }
-        })
-        .await;
-        Self {
-            url: format!("http://{listen}"),
-            http,
-            child,
-        }
-    }
 }
 
 /// Client settings sized for tests: fast heartbeats, short waits, small backoff.
