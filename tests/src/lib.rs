@@ -3,6 +3,7 @@
 //! bounded polling.
 //!
 //! # Layout
+//! - [`cluster`]: [`Cluster`], etcd + routers + reference gateways as processes.
 //! - [`etcd`]: [`Etcd`] (start, stop, restart on the same ports and data) and [`EtcdCluster`].
 //! - [`proxy`]: [`CutProxy`], a loopback TCP proxy whose links can be cut and restored.
 //! - [`process`]: [`bin_path`] and [`Child`], workspace binaries as separate OS processes.
@@ -15,10 +16,12 @@
 #![forbid(unsafe_code)]
 
 pub mod client_kit;
+pub mod cluster;
 pub mod etcd;
 pub mod process;
 pub mod proxy;
 
+pub use cluster::{Cluster, GatewaySpec};
 pub use etcd::{Etcd, EtcdCluster};
 pub use process::{Child, bin_path};
 pub use proxy::CutProxy;
