@@ -247,6 +247,7 @@ struct Inner {
 /// A running agent. Cheap to clone; every clone drives the same registration.
 #[derive(Debug, Clone)]
 pub struct Agent {
+    /// One registration shared by every clone; the reporting task holds it weakly.
     inner: Arc<Inner>,
 }
 
@@ -384,12 +385,19 @@ async fn report_loop(inner: std::sync::Weak<Inner>) {
     };
     let mut inputs = strong.inputs.subscribe();
     let mut ops = strong.ops_drain.clone();
+    let mut lease = strong.lease_state.clone();
     let stop = strong.stop.clone();
     drop(strong);
     // The age gauge is refreshed at least this often.
     let age_tick = Duration::from_secs(1);
     loop {
         let Some(inner) = inner.upgrade() else { return };
+        if let LeaseState::Superseded { by_lease } = *inner.lease_state.borrow() {
+            // Another agent owns the id now; writing would only fail. The host sees the
+            // state through `lease_state()` and decides what to do.
+            warn!(id = %inner.config.id, other = format_args!("{by_lease:x}"), "superseded; reporting stopped");
+            return;
+        }
         let wait_until = match inner.write_if_due().await {
             Some(at) => at.min(Instant::now() + age_tick),
             None => Instant::now() + age_tick,
@@ -400,6 +408,7 @@ async fn report_loop(inner: std::sync::Weak<Inner>) {
             r = inputs.changed() => if r.is_err() { return },
             r = ops.changed() => if r.is_err() { return },
             () = tokio::time::sleep_until(wait_until) => {}
+            r = lease.changed() => if r.is_err() { return },
         }
     }
 }
