@@ -64,6 +64,9 @@ pub struct Config {
     pub report_max_interval: Duration,
     /// Replace a live agent holding the same id instead of refusing to start.
     pub takeover: bool,
+    /// Health at registration (default true): a sidecar whose first probe failed registers
+    /// as `unhealthy` instead of briefly advertising a dead gateway as `serving`.
+    pub initially_healthy: bool,
 }
 
 /// Why a configuration was refused.
@@ -117,6 +120,7 @@ impl Config {
             report_delta: 0.02,
             report_max_interval: Duration::from_secs(30),
             takeover: false,
+            initially_healthy: true,
         };
         config.validate()?;
         Ok(config)
@@ -260,10 +264,11 @@ pub async fn start(config: Config) -> Result<Agent, StartError> {
     let inputs = Inputs {
         connections: 0,
         cpu: 0.0,
-        healthy: true,
+        healthy: config.initially_healthy,
         draining: false,
     };
-    let first = config.record(GatewayState::Serving, Load::default(), started_at);
+    let first_state = effective_state(&inputs, false);
+    let first = config.record(first_state, Load::default(), started_at);
     let session = LeaseSession::register(
         client.clone(),
         Registration {
@@ -289,7 +294,7 @@ pub async fn start(config: Config) -> Result<Agent, StartError> {
         config.report_max_interval,
     );
     let observed = Observed {
-        state: GatewayState::Serving,
+        state: first_state,
         connections: 0,
         cpu: 0.0,
     };
