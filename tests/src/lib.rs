@@ -6,6 +6,7 @@
 //! - [`etcd`]: [`Etcd`] (start, stop, restart on the same ports and data) and [`EtcdCluster`].
 //! - [`proxy`]: [`CutProxy`], a loopback TCP proxy whose links can be cut and restored.
 //! - [`process`]: [`bin_path`] and [`Child`], workspace binaries as separate OS processes.
+//! - [`router`]: a router in-process on free ports, and records written straight into etcd.
 //! - [`eventually`]: bounded polling for scenario assertions.
 //!
 //! etcd comes from `ETCD_BIN` or `etcd` on `PATH`; when neither exists every test fails
@@ -15,6 +16,7 @@
 pub mod etcd;
 pub mod process;
 pub mod proxy;
+pub mod router;
 
 pub use etcd::{Etcd, EtcdCluster};
 pub use process::{Child, bin_path};
