@@ -85,8 +85,8 @@ pub async fn run(
     metrics: Option<PrometheusHandle>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let prefix = Prefix::new(config.prefix.clone())
-        .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+    let prefix =
+        Prefix::new(config.prefix.clone()).map_err(|e| ConfigError::Invalid(e.to_string()))?;
     let tls = tls_config(&config)?;
     let watcher = registry_view::watch(
         client.clone(),
@@ -136,7 +136,10 @@ pub async fn run(
                         serving = true;
                         health.set_service_status("", ServingStatus::Serving).await;
                         health.set_serving::<RouterServer<RouterService>>().await;
-                        info!(revision = snap.revision, "first registry snapshot loaded; serving");
+                        info!(
+                            revision = snap.revision,
+                            "first registry snapshot loaded; serving"
+                        );
                     }
                 }
                 tokio::select! {
@@ -206,7 +209,11 @@ pub async fn run(
                 // One line per minute of staleness while etcd is away.
                 if !state.connected.load(Ordering::Relaxed) && age / 60_000 > warned_at {
                     warned_at = age / 60_000;
-                    warn!(age_ms = age, revision = view.revision, "still serving a stale registry snapshot");
+                    warn!(
+                        age_ms = age,
+                        revision = view.revision,
+                        "still serving a stale registry snapshot"
+                    );
                 } else if state.connected.load(Ordering::Relaxed) {
                     warned_at = 0;
                 }
@@ -256,10 +263,10 @@ pub async fn run(
         .await;
     stop.cancel();
     drop(watcher);
-    if let Some(task) = http_task {
-        if let Ok(Err(e)) = task.await {
-            return Err(Error::Http(e));
-        }
+    if let Some(task) = http_task
+        && let Ok(Err(e)) = task.await
+    {
+        return Err(Error::Http(e));
     }
     result?;
     Ok(())

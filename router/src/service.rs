@@ -97,8 +97,7 @@ fn bearer(meta: &MetadataMap) -> Option<&str> {
 /// Compares secrets without leaking the matching prefix length through timing.
 fn same_secret(a: &str, b: &str) -> bool {
     a.len() == b.len()
-        && a
-            .bytes()
+        && a.bytes()
             .zip(b.bytes())
             .fold(0u8, |acc, (x, y)| acc | (x ^ y))
             == 0
@@ -106,10 +105,10 @@ fn same_secret(a: &str, b: &str) -> bool {
 
 fn check_admin<T>(state: &State, req: &Request<T>) -> Result<(), Status> {
     let token = state.config.admin_token.as_deref();
-    if let (Some(want), Some(got)) = (token, bearer(req.metadata())) {
-        if same_secret(want, got) {
-            return Ok(());
-        }
+    if let (Some(want), Some(got)) = (token, bearer(req.metadata()))
+        && same_secret(want, got)
+    {
+        return Ok(());
     }
     if state.config.client_ca.is_some() && req.peer_certs().is_some_and(|c| !c.is_empty()) {
         return Ok(());
@@ -330,8 +329,12 @@ fn explain(
         .map(|(i, c)| {
             if let Some((rank, p)) = out.iter().enumerate().find(|(_, p)| p.index == i) {
                 let reason = match p.reason {
-                    ranking::Reason::Sticky => "first place: highest rendezvous score under the load bound",
-                    ranking::Reason::StickyOverBound => "first place: every gateway of its tier is over the load bound",
+                    ranking::Reason::Sticky => {
+                        "first place: highest rendezvous score under the load bound"
+                    }
+                    ranking::Reason::StickyOverBound => {
+                        "first place: every gateway of its tier is over the load bound"
+                    }
                     ranking::Reason::Headroom => "won a two-random-choices draw on headroom",
                 };
                 Explanation {
@@ -382,7 +385,11 @@ pub fn gateway_proto(g: &Gateway) -> pb::Gateway {
         started_at_unix_ms: r.started_at.map_or(0, |t| t.timestamp_millis()),
         updated_at_unix_ms: r.updated_at.map_or(0, |t| t.timestamp_millis()),
         ops_drained: g.drain.is_some(),
-        drain_reason: g.drain.as_ref().map(|d| d.reason.clone()).unwrap_or_default(),
+        drain_reason: g
+            .drain
+            .as_ref()
+            .map(|d| d.reason.clone())
+            .unwrap_or_default(),
         ejected_until_unix_ms: if ejected > now_ms() { ejected } else { 0 },
     }
 }
@@ -438,7 +445,8 @@ impl pb::router_server::Router for RouterService {
                 let view = changes.borrow_and_update().clone();
                 if view.is_loaded() {
                     let update = diff(prev.as_deref(), &view);
-                    let send = update.full || !update.upserted.is_empty() || !update.removed.is_empty();
+                    let send =
+                        update.full || !update.upserted.is_empty() || !update.removed.is_empty();
                     if send && tx.send(Ok(update)).await.is_err() {
                         return;
                     }
@@ -516,9 +524,10 @@ impl pb::admin_server::Admin for AdminService {
             },
             at: Some(chrono::Utc::now()),
         };
-        let revision = registry_view::put_drain(&self.state.client, &self.state.prefix, &id, &drain)
-            .await
-            .map_err(|e| Status::unavailable(format!("etcd: {e}")))?;
+        let revision =
+            registry_view::put_drain(&self.state.client, &self.state.prefix, &id, &drain)
+                .await
+                .map_err(|e| Status::unavailable(format!("etcd: {e}")))?;
         tracing::info!(gateway = %id, reason = %drain.reason, by = %drain.by, "ops drain written");
         Ok(Response::new(DrainResponse { revision }))
     }
@@ -543,18 +552,29 @@ mod tests {
 
     #[test]
     fn forwarded_for_is_believed_only_from_trusted_proxies() {
-        let mut c = Config::default();
-        c.trust_forwarded_for = vec!["10.0.0.0/8".parse().unwrap()];
+        let c = Config {
+            trust_forwarded_for: vec!["10.0.0.0/8".parse().unwrap()],
+            ..Config::default()
+        };
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         let xff = Some("198.51.100.7, 10.0.0.2");
-        assert_eq!(caller_ip(&c, Some(ip("203.0.113.1")), xff), Some(ip("203.0.113.1")));
-        assert_eq!(caller_ip(&c, Some(ip("10.0.0.1")), xff), Some(ip("198.51.100.7")));
+        assert_eq!(
+            caller_ip(&c, Some(ip("203.0.113.1")), xff),
+            Some(ip("203.0.113.1"))
+        );
+        assert_eq!(
+            caller_ip(&c, Some(ip("10.0.0.1")), xff),
+            Some(ip("198.51.100.7"))
+        );
         // A forged left-most entry behind an untrusted hop is not believed.
         assert_eq!(
             caller_ip(&c, Some(ip("10.0.0.1")), Some("1.1.1.1, 203.0.113.9")),
             Some(ip("203.0.113.9"))
         );
-        assert_eq!(caller_ip(&c, Some(ip("10.0.0.1")), None), Some(ip("10.0.0.1")));
+        assert_eq!(
+            caller_ip(&c, Some(ip("10.0.0.1")), None),
+            Some(ip("10.0.0.1"))
+        );
         assert_eq!(
             caller_ip(&c, Some(ip("10.0.0.1")), Some("garbage")),
             Some(ip("10.0.0.1"))

@@ -20,12 +20,13 @@ pub const ADMIN_TOKEN: &str = "test-admin-token";
 
 /// A router config for tests: the prefix, the admin token, and short etcd intervals.
 pub fn test_config(prefix: &Prefix) -> Config {
-    let mut c = Config::default();
-    c.prefix = prefix.as_str().to_owned();
-    c.admin_token = Some(ADMIN_TOKEN.into());
-    c.etcd_progress_interval = Duration::from_millis(300);
-    c.etcd_silence_timeout = Duration::from_secs(2);
-    c
+    Config {
+        prefix: prefix.as_str().to_owned(),
+        admin_token: Some(ADMIN_TOKEN.into()),
+        etcd_progress_interval: Duration::from_millis(300),
+        etcd_silence_timeout: Duration::from_secs(2),
+        ..Config::default()
+    }
 }
 
 /// A router running in this process.
@@ -100,12 +101,16 @@ impl TestRouter {
 
     /// A Router client.
     pub async fn client(&self) -> RouterClient<Channel> {
-        RouterClient::connect(self.url()).await.expect("connect to router")
+        RouterClient::connect(self.url())
+            .await
+            .expect("connect to router")
     }
 
     /// An Admin client (no token attached; see [`with_token`]).
     pub async fn admin(&self) -> AdminClient<Channel> {
-        AdminClient::connect(self.url()).await.expect("connect to router")
+        AdminClient::connect(self.url())
+            .await
+            .expect("connect to router")
     }
 
     /// Stops the router and waits for it.
@@ -200,7 +205,9 @@ pub async fn wait_gateways(c: &RouterClient<Channel>, want: &[&str]) {
 /// One HTTP/1.0 GET on the side port; returns (status, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect http");
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect http");
     s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
         .await
         .unwrap();

@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use switchyard_proto::v1::ListGatewaysRequest;
-use switchyard_tests::router::{TestRouter, put_record, record, route_req, test_config, wait_gateways};
+use switchyard_tests::router::{
+    TestRouter, put_record, record, route_req, test_config, wait_gateways,
+};
 use switchyard_tests::{Etcd, eventually, init_tracing, unique_prefix};
 
 const CALLS: usize = 10_000;
@@ -19,7 +21,12 @@ async fn burst_between_reports_lands_on_capacity_shares() {
     let prefix = unique_prefix();
     let mut kv = etcd.client().await;
     // Unequal sizes, all 10 % full at the last report.
-    let caps = [("gw-s", 2_000u64), ("gw-m", 4_000), ("gw-l", 6_000), ("gw-xl", 8_000)];
+    let caps = [
+        ("gw-s", 2_000u64),
+        ("gw-m", 4_000),
+        ("gw-l", 6_000),
+        ("gw-xl", 8_000),
+    ];
     for (id, cap) in caps {
         put_record(&mut kv, &prefix, &record(id, "r", "z", cap, cap / 10)).await;
     }
@@ -67,23 +74,42 @@ async fn burst_between_reports_lands_on_capacity_shares() {
 
     // The router counted exactly what it handed out, per gateway.
     let mut lc = c.clone();
-    let listed = lc.list_gateways(ListGatewaysRequest {}).await.unwrap().into_inner();
+    let listed = lc
+        .list_gateways(ListGatewaysRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     for g in &listed.gateways {
         assert_eq!(g.pending as usize, firsts[&g.id], "{}", g.id);
     }
     // The next report of gw-s (with the new connections) clears its pending count.
     put_record(&mut kv, &prefix, &record("gw-s", "r", "z", 2_000, 1_200)).await;
-    eventually(Duration::from_secs(10), "gw-s pending cleared by its report", || {
-        let mut c = c.clone();
-        async move {
-            let r = c.list_gateways(ListGatewaysRequest {}).await.ok()?.into_inner();
-            let s = r.gateways.iter().find(|g| g.id == "gw-s")?;
-            (s.pending == 0 && s.connections == 1_200).then_some(())
-        }
-    })
+    eventually(
+        Duration::from_secs(10),
+        "gw-s pending cleared by its report",
+        || {
+            let mut c = c.clone();
+            async move {
+                let r = c
+                    .list_gateways(ListGatewaysRequest {})
+                    .await
+                    .ok()?
+                    .into_inner();
+                let s = r.gateways.iter().find(|g| g.id == "gw-s")?;
+                (s.pending == 0 && s.connections == 1_200).then_some(())
+            }
+        },
+    )
     .await;
-    let listed = lc.list_gateways(ListGatewaysRequest {}).await.unwrap().into_inner();
+    let listed = lc
+        .list_gateways(ListGatewaysRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     let other = listed.gateways.iter().find(|g| g.id == "gw-xl").unwrap();
-    assert_eq!(other.pending as usize, firsts["gw-xl"], "other gateways keep theirs");
+    assert_eq!(
+        other.pending as usize, firsts["gw-xl"],
+        "other gateways keep theirs"
+    );
     router.stop().await;
 }

@@ -21,7 +21,11 @@ async fn connected(c: &RouterClient<Channel>, want: bool) {
         || {
             let mut c = c.clone();
             async move {
-                let r = c.list_gateways(ListGatewaysRequest {}).await.ok()?.into_inner();
+                let r = c
+                    .list_gateways(ListGatewaysRequest {})
+                    .await
+                    .ok()?
+                    .into_inner();
                 (r.etcd_connected == want).then_some(())
             }
         },
@@ -92,7 +96,9 @@ async fn catches_up_after_compaction_while_cut_off() {
     connected(&c, false).await;
     // While the router is cut off: gw-1 leaves, gw-3 arrives, gw-2 reports many times,
     // and etcd compacts away every revision the router has not seen.
-    kv.delete(format!("{}gw-1", prefix.gateways()), None).await.unwrap();
+    kv.delete(format!("{}gw-1", prefix.gateways()), None)
+        .await
+        .unwrap();
     put_record(&mut kv, &prefix, &record("gw-3", "r", "z", 100, 0)).await;
     for n in 1..=20 {
         put_record(&mut kv, &prefix, &record("gw-2", "r", "z", 100, n)).await;
@@ -113,12 +119,20 @@ async fn catches_up_after_compaction_while_cut_off() {
 
     proxy.restore();
     wait_gateways(&c, &["gw-2", "gw-3"]).await;
-    let listed = c.list_gateways(ListGatewaysRequest {}).await.unwrap().into_inner();
+    let listed = c
+        .list_gateways(ListGatewaysRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert!(listed.revision >= rev, "{} < {rev}", listed.revision);
     let gw2 = listed.gateways.iter().find(|g| g.id == "gw-2").unwrap();
     assert_eq!(gw2.connections, 20);
     for n in 0..50 {
-        let r = c.route(route_req(&format!("c{n}"))).await.unwrap().into_inner();
+        let r = c
+            .route(route_req(&format!("c{n}")))
+            .await
+            .unwrap()
+            .into_inner();
         assert!(!ids(&r).contains(&"gw-1".to_string()));
     }
     router.stop().await;

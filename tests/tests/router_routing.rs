@@ -44,7 +44,15 @@ async fn only_routable_gateways_are_returned() {
     let mut c = router.client().await;
     wait_gateways(
         &c,
-        &["gw-a", "gw-drained", "gw-eject", "gw-f", "gw-leaving", "gw-sick", "gw-tcp-only"],
+        &[
+            "gw-a",
+            "gw-drained",
+            "gw-eject",
+            "gw-f",
+            "gw-leaving",
+            "gw-sick",
+            "gw-tcp-only",
+        ],
     )
     .await;
 
@@ -97,13 +105,21 @@ async fn only_routable_gateways_are_returned() {
         });
         c.route(req).await.unwrap();
     }
-    let listed = c.list_gateways(ListGatewaysRequest {}).await.unwrap().into_inner();
+    let listed = c
+        .list_gateways(ListGatewaysRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     let ejected = listed.gateways.iter().find(|g| g.id == "gw-eject").unwrap();
     assert!(ejected.ejected_until_unix_ms > 0, "{ejected:?}");
 
     let mut returned = HashSet::new();
     for n in 0..200 {
-        let r = c.route(all(&format!("client-{n}"))).await.unwrap().into_inner();
+        let r = c
+            .route(all(&format!("client-{n}")))
+            .await
+            .unwrap()
+            .into_inner();
         assert!(r.revision > 0);
         returned.extend(ids(&r));
     }
@@ -155,7 +171,13 @@ async fn zone_then_region_preference_and_spill() {
     let etcd = Etcd::start().await;
     let prefix = unique_prefix();
     let mut kv = etcd.client().await;
-    for (id, zone) in [("a1", "a"), ("a2", "a"), ("a3", "a"), ("b1", "b"), ("b2", "b")] {
+    for (id, zone) in [
+        ("a1", "a"),
+        ("a2", "a"),
+        ("a3", "a"),
+        ("b1", "b"),
+        ("b2", "b"),
+    ] {
         put_record(&mut kv, &prefix, &record(id, "cn", zone, 10_000, 1000)).await;
     }
     put_record(&mut kv, &prefix, &record("eu1", "eu", "x", 10_000, 1000)).await;
@@ -183,7 +205,11 @@ async fn zone_then_region_preference_and_spill() {
     }
     // From the CIDR table (no region in the request): zone b first.
     for n in 0..20 {
-        let r = c.route(route_req(&format!("cidr-{n}"))).await.unwrap().into_inner();
+        let r = c
+            .route(route_req(&format!("cidr-{n}")))
+            .await
+            .unwrap()
+            .into_inner();
         assert!(r.gateways[0].id.starts_with('b'), "{:?}", ids(&r));
     }
     // An explicit region beats the table.
@@ -204,13 +230,21 @@ async fn zone_then_region_preference_and_spill() {
         rec["state"] = "unhealthy".into();
         put_record(&mut kv, &prefix, &rec).await;
     }
-    eventually(Duration::from_secs(10), "a1 and a2 unhealthy in the view", || {
-        let mut c = c.clone();
-        async move {
-            let r = c.list_gateways(ListGatewaysRequest {}).await.ok()?.into_inner();
-            (r.gateways.iter().filter(|g| g.state == "unhealthy").count() == 2).then_some(())
-        }
-    })
+    eventually(
+        Duration::from_secs(10),
+        "a1 and a2 unhealthy in the view",
+        || {
+            let mut c = c.clone();
+            async move {
+                let r = c
+                    .list_gateways(ListGatewaysRequest {})
+                    .await
+                    .ok()?
+                    .into_inner();
+                (r.gateways.iter().filter(|g| g.state == "unhealthy").count() == 2).then_some(())
+            }
+        },
+    )
     .await;
     let mut firsts: HashMap<String, usize> = HashMap::new();
     for n in 0..300 {
@@ -220,8 +254,14 @@ async fn zone_then_region_preference_and_spill() {
     }
     let spilled = firsts.get("b1").unwrap_or(&0) + firsts.get("b2").unwrap_or(&0);
     assert!(spilled > 120, "zone a should spill into b: {firsts:?}");
-    assert!(*firsts.get("a3").unwrap_or(&0) > 40, "a3 still takes its share: {firsts:?}");
-    assert!(!firsts.contains_key("eu1"), "the region absorbs the spill: {firsts:?}");
+    assert!(
+        *firsts.get("a3").unwrap_or(&0) > 40,
+        "a3 still takes its share: {firsts:?}"
+    );
+    assert!(
+        !firsts.contains_key("eu1"),
+        "the region absorbs the spill: {firsts:?}"
+    );
     router.stop().await;
 }
 
@@ -240,7 +280,12 @@ async fn first_place_is_stable_across_calls_and_replicas() {
     let prefix = unique_prefix();
     let mut kv = etcd.client().await;
     for n in 0..6 {
-        put_record(&mut kv, &prefix, &record(&format!("gw-{n}"), "r", "z", 100_000, 20_000)).await;
+        put_record(
+            &mut kv,
+            &prefix,
+            &record(&format!("gw-{n}"), "r", "z", 100_000, 20_000),
+        )
+        .await;
     }
     let one = TestRouter::start(&[etcd.endpoint()], test_config(&prefix)).await;
     let two = TestRouter::start(&[etcd.endpoint()], test_config(&prefix)).await;
@@ -250,7 +295,12 @@ async fn first_place_is_stable_across_calls_and_replicas() {
     let mut spread = HashSet::new();
     for n in 0..100 {
         let client = format!("sticky-{n}");
-        let first = c1.route(route_req(&client)).await.unwrap().into_inner().gateways[0]
+        let first = c1
+            .route(route_req(&client))
+            .await
+            .unwrap()
+            .into_inner()
+            .gateways[0]
             .id
             .clone();
         for _ in 0..3 {
@@ -263,7 +313,11 @@ async fn first_place_is_stable_across_calls_and_replicas() {
     }
     assert_eq!(spread.len(), 6, "clients are spread over every gateway");
     // Asking again before a report did not count the client twice.
-    let listed = c1.list_gateways(ListGatewaysRequest {}).await.unwrap().into_inner();
+    let listed = c1
+        .list_gateways(ListGatewaysRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     let pending: u64 = listed.gateways.iter().map(|g| g.pending).sum();
     assert_eq!(pending, 100);
     one.stop().await;
@@ -316,13 +370,17 @@ async fn bad_input_is_refused_and_nothing_routable_is_unavailable() {
     let mut sick = record("gw-sick", "r", "z", 100, 0);
     sick["state"] = "unhealthy".into();
     put_record(&mut kv, &prefix, &sick).await;
-    let err = eventually(Duration::from_secs(10), "unavailable names the sick gateway", || {
-        let mut c = c.clone();
-        async move {
-            let e = c.route(tok(route_req("u"))).await.err()?;
-            e.message().contains("1 not serving").then_some(e)
-        }
-    })
+    let err = eventually(
+        Duration::from_secs(10),
+        "unavailable names the sick gateway",
+        || {
+            let mut c = c.clone();
+            async move {
+                let e = c.route(tok(route_req("u"))).await.err()?;
+                e.message().contains("1 not serving").then_some(e)
+            }
+        },
+    )
     .await;
     assert_eq!(err.code(), Code::Unavailable);
     // The router is still fine after all that.
@@ -342,7 +400,13 @@ async fn garbage_records_are_skipped_and_health_follows_the_first_snapshot() {
     let prefix = unique_prefix();
     let mut kv = etcd.client().await;
     put_raw(&mut kv, &prefix, "gw-junk", "not json at all").await;
-    put_raw(&mut kv, &prefix, "gw-liar", &record("gw-other", "r", "z", 10, 0).to_string()).await;
+    put_raw(
+        &mut kv,
+        &prefix,
+        "gw-liar",
+        &record("gw-other", "r", "z", 10, 0).to_string(),
+    )
+    .await;
     let mut zero = record("gw-zero", "r", "z", 10, 0);
     zero["capacity"] = 0.into();
     put_record(&mut kv, &prefix, &zero).await;
@@ -373,7 +437,10 @@ async fn garbage_records_are_skipped_and_health_follows_the_first_snapshot() {
             .unwrap()
             .into_inner()
             .status;
-        assert_eq!(status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+        assert_eq!(
+            status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        );
     }
     let (code, body) = http_get(router.http, "/healthz").await;
     assert_eq!(code, 200, "{body}");
@@ -413,7 +480,11 @@ async fn health_is_not_serving_until_etcd_answers() {
     let mut health = eventually(Duration::from_secs(5), "router listening", || {
         let url = url.clone();
         async move {
-            let channel = tonic::transport::Endpoint::from_shared(url).ok()?.connect().await.ok()?;
+            let channel = tonic::transport::Endpoint::from_shared(url)
+                .ok()?
+                .connect()
+                .await
+                .ok()?;
             Some(tonic_health::pb::health_client::HealthClient::new(channel))
         }
     })
@@ -441,9 +512,7 @@ async fn health_is_not_serving_until_etcd_answers() {
     etcd.restart().await;
     eventually(Duration::from_secs(15), "health turns SERVING", || {
         let mut h = health.clone();
-        async move {
-            (check(&mut h).await == ServingStatus::Serving as i32).then_some(())
-        }
+        async move { (check(&mut h).await == ServingStatus::Serving as i32).then_some(()) }
     })
     .await;
     let _ = stop.send(());
