@@ -518,3 +518,51 @@ async fn health_is_not_serving_until_etcd_answers() {
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_gateways_streams_a_full_set_then_changes() {
+    init_tracing();
+    let etcd = Etcd::start().await;
+    let prefix = unique_prefix();
+    let mut kv = etcd.client().await;
+    put_record(&mut kv, &prefix, &record("gw-1", "r", "z", 100, 0)).await;
+    let router = TestRouter::start(&[etcd.endpoint()], test_config(&prefix)).await;
+    let mut c = router.client().await;
+    wait_gateways(&c, &["gw-1"]).await;
+    let mut stream = c
+        .watch_gateways(switchyard_proto::v1::WatchGatewaysRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let first = next(&mut stream).await;
+    assert!(first.full && first.revision > 0);
+    assert_eq!(first.upserted.len(), 1);
+    put_record(&mut kv, &prefix, &record("gw-2", "r", "z", 100, 0)).await;
+    let added = next(&mut stream).await;
+    assert!(!added.full && added.revision > first.revision);
+    assert_eq!(
+        added
+            .upserted
+            .iter()
+            .map(|g| g.id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["gw-2"]
+    );
+    kv.delete(format!("{}gw-1", prefix.gateways()), None)
+        .await
+        .unwrap();
+    let removed = next(&mut stream).await;
+    assert_eq!(removed.removed, vec!["gw-1".to_string()]);
+    assert!(removed.upserted.is_empty());
+    router.stop().await;
+}
+
+async fn next(
+    s: &mut tonic::Streaming<switchyard_proto::v1::GatewaysUpdate>,
+) -> switchyard_proto::v1::GatewaysUpdate {
+    tokio::time::timeout(Duration::from_secs(10), s.message())
+        .await
+        .expect("update in time")
+        .expect("stream ok")
+        .expect("stream open")
+}
