@@ -109,6 +109,9 @@ struct Shared {
     lease_id: i64,
     /// Set once the session has stopped for good.
     stopped: bool,
+    /// The latest value may not be in etcd (a write failed or was cut short); the task
+    /// writes it as soon as the lease is confirmed again.
+    dirty: bool,
 }
 
 /// A key kept alive under a lease. Dropping the session stops the keepalive without
@@ -165,6 +168,7 @@ impl LeaseSession {
             value: registration.value,
             lease_id,
             stopped: false,
+            dirty: false,
         }));
         let (state_tx, state) = watch::channel(LeaseState::Active { lease_id });
         let recheck = Arc::new(Notify::new());
@@ -213,6 +217,7 @@ impl LeaseSession {
                 return Err(LeaseError::Stopped);
             }
             s.value.clone_from(&value);
+            s.dirty = true;
             s.lease_id
         };
         if lease_id == 0 {
@@ -239,6 +244,10 @@ impl LeaseSession {
         })
         .await?;
         if resp.succeeded() {
+            let mut s = self.shared.lock();
+            if s.value == value {
+                s.dirty = false;
+            }
             return Ok(());
         }
         match current_holder(&resp) {
@@ -480,6 +489,7 @@ impl Task {
                         last_answer = Instant::now();
                         backoff.reset();
                         self.set_state(LeaseState::Active { lease_id });
+                        self.flush_if_dirty(lease_id).await;
                     }
                     Ok(Some(_)) => return Outcome::Lost,
                     Ok(None) => return Outcome::Broken,
@@ -491,6 +501,54 @@ impl Task {
                 },
                 () = self.recheck.notified() => return Outcome::Recheck,
             }
+        }
+    }
+
+    /// Writes the latest value if a write by the owner did not land (etcd was away).
+    async fn flush_if_dirty(&mut self, lease_id: i64) {
+        let value = {
+            let s = self.shared.lock();
+            if !s.dirty {
+                return;
+            }
+            s.value.clone()
+        };
+        let txn = Txn::new()
+            .when(vec![Compare::lease(
+                self.key.clone(),
+                CompareOp::Equal,
+                lease_id,
+            )])
+            .and_then(vec![TxnOp::put(
+                self.key.clone(),
+                value.clone(),
+                Some(PutOptions::new().with_lease(lease_id)),
+            )]);
+        match self.client.txn(txn).await {
+            Ok(resp) if resp.succeeded() => {
+                let mut s = self.shared.lock();
+                if s.value == value {
+                    s.dirty = false;
+                }
+            }
+            Ok(_) => {
+                // The key is gone (deleted by hand) or someone else's: recreate it on our
+                // lease, or learn that we were superseded.
+                let key = self.key.clone();
+                match create(&mut self.client, &key, &value, lease_id, false, lease_id).await {
+                    Ok(()) => {
+                        let mut s = self.shared.lock();
+                        if s.value == value {
+                            s.dirty = false;
+                        }
+                    }
+                    Err(LeaseError::AlreadyRegistered { .. }) => self.recheck.notify_one(),
+                    Err(e) => {
+                        debug!(key = %self.key, error = %e, "deferred write failed; will retry")
+                    }
+                }
+            }
+            Err(e) => debug!(key = %self.key, error = %e, "deferred write failed; will retry"),
         }
     }
 
@@ -507,7 +565,8 @@ impl Task {
         let latest = {
             let mut s = self.shared.lock();
             s.lease_id = lease_id;
-            (s.value != value).then(|| s.value.clone())
+            s.dirty = s.value != value;
+            s.dirty.then(|| s.value.clone())
         };
         if let Some(latest) = latest {
             let _ = self

@@ -174,17 +174,17 @@ impl GatewayRecord {
         if self.addrs.tcp.is_none() && self.addrs.ws.is_none() {
             return Err(RecordError::NoAddress);
         }
-        if let Some(tcp) = &self.addrs.tcp {
-            if !is_host_port(tcp) {
-                return Err(RecordError::TcpAddr(tcp.clone()));
-            }
+        if let Some(tcp) = &self.addrs.tcp
+            && !is_host_port(tcp)
+        {
+            return Err(RecordError::TcpAddr(tcp.clone()));
         }
         if let Some(ws) = &self.addrs.ws {
             let rest = ws
                 .strip_prefix("ws://")
                 .or_else(|| ws.strip_prefix("wss://"));
             let authority = rest.map(|r| r.split('/').next().unwrap_or(""));
-            if !authority.is_some_and(|a| !a.is_empty()) {
+            if authority.is_none_or(str::is_empty) {
                 return Err(RecordError::WsAddr(ws.clone()));
             }
         }

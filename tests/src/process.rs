@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 /// them first with `cargo build --workspace --bins`.
 pub fn bin_path(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test-binary> → target/<profile>/<name>
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target dir")
-        .to_path_buf();
-    let path = dir.join(name);
+    // A test runs from target/<profile>/deps/, a binary (the demo, benches) from
+    // target/<profile>/: look next to the executable, then one level up.
+    let here = exe.parent().expect("exe dir");
+    let path = [here.join(name), here.parent().unwrap_or(here).join(name)]
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| here.join(name));
     assert!(
         path.is_file(),
         "{} not built: run `cargo build --workspace --bins` (cargo test --workspace does it)",
@@ -68,9 +68,7 @@ impl Child {
 
     /// SIGTERM, wait up to `limit`, then SIGKILL. Returns the exit code if it exited.
     pub fn terminate(&mut self, limit: Duration) -> Option<i32> {
-        if self.inner.is_none() {
-            return None;
-        }
+        self.inner.as_ref()?;
         self.signal("TERM");
         self.wait_timeout(limit)
     }

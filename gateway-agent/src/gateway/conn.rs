@@ -1,0 +1,343 @@
+//! One connection's task: TLS and WebSocket handshakes, HELLO, then the session loop.
+//!
+//! Dead-link detection costs nothing per tick: each session owns one `tokio::time::Sleep`
+//! that is reset on every frame from the client. tokio keeps timers in a hierarchical
+//! timing wheel, so a reset is O(1) and an expiry touches only the session it belongs to;
+//! nothing ever walks the list of connections.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use switchyard_proto::v1;
+use switchyard_proto::wire::Frame;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, timeout, timeout_at};
+use tracing::{debug, info};
+
+use super::Shared;
+use super::auth::AuthError;
+use super::hub::{Admission, Control, SessionHandle};
+use super::session::{AckTracker, Action, on_client_frame};
+use super::transport::{BoxIo, Incoming, RecvError, Transport};
+
+/// How long a closing connection waits for the client to read the last frame and hang up.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Longest client-chosen session id kept on resume; longer ones get a fresh id.
+const MAX_SESSION_ID: usize = 64;
+
+fn closed(reason: &'static str) {
+    metrics::counter!("switchyard_gateway_closed_total", "reason" => reason).increment(1);
+}
+
+fn frame_error(reason: &'static str) {
+    metrics::counter!("switchyard_gateway_frame_errors_total", "reason" => reason).increment(1);
+}
+
+/// How a session ended.
+enum Ending {
+    /// The terminal frame was sent: close politely so the client reads it.
+    Graceful(&'static str),
+    /// Drop the socket now.
+    Abort(&'static str),
+}
+
+/// Serves one accepted socket until it closes. Never panics on client input.
+pub(crate) async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    websocket: bool,
+    shared: Arc<Shared>,
+) {
+    let _ = stream.set_nodelay(true);
+    let cfg = &shared.config;
+    let deadline = Instant::now() + cfg.hello_timeout;
+    let io: BoxIo = match &shared.tls {
+        Some(acceptor) => match timeout_at(deadline, acceptor.accept(stream)).await {
+            Ok(Ok(s)) => Box::new(s),
+            Ok(Err(e)) => {
+                debug!(%peer, error = %e, "tls handshake failed");
+                return closed("tls_error");
+            }
+            Err(_) => return closed("hello_timeout"),
+        },
+        None => Box::new(stream),
+    };
+    let mut transport = if websocket {
+        match timeout_at(deadline, Transport::websocket(io, cfg.max_frame)).await {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => {
+                debug!(%peer, error = %e, "websocket upgrade failed");
+                return closed("ws_handshake");
+            }
+            Err(_) => return closed("hello_timeout"),
+        }
+    } else {
+        Transport::tcp(io, cfg.max_frame)
+    };
+
+    let hello = loop {
+        match timeout_at(deadline, transport.recv()).await {
+            Err(_) => {
+                debug!(%peer, "no HELLO in time");
+                return closed("hello_timeout");
+            }
+            Ok(Ok(Incoming::Frame(Frame::Hello(h)))) => break h,
+            Ok(Ok(Incoming::Control)) => {
+                let _ = transport.flush().await;
+            }
+            Ok(Ok(Incoming::Closed)) => return closed("client_closed"),
+            Ok(Ok(Incoming::Frame(other))) => {
+                debug!(%peer, kind = other.kind().name(), "first frame is not HELLO");
+                frame_error("unexpected_kind");
+                return closed("frame_error");
+            }
+            Ok(Err(e)) => return recv_failed(&peer, &e),
+        }
+    };
+
+    if let Err(e) = shared.auth.check(&hello) {
+        let code = match e {
+            AuthError::BadHello(_) => v1::RejectCode::BadHello,
+            AuthError::Denied(_) => v1::RejectCode::Auth,
+        };
+        info!(%peer, client_id = %hello.client_id, error = %e, "login refused");
+        return reject(transport, code, e.to_string(), 0, &shared).await;
+    }
+
+    let session_id = if !hello.session_id.is_empty() && hello.session_id.len() <= MAX_SESSION_ID {
+        hello.session_id.clone()
+    } else {
+        format!("{:016x}", rand::random::<u64>())
+    };
+    let key = shared.next_key();
+    let (handle, data_rx, control_rx) = SessionHandle::new(
+        hello.client_id.clone(),
+        session_id,
+        key,
+        cfg.send_queue,
+        cfg.slow_client_timeout,
+    );
+    match shared.hub.register(&handle) {
+        Admission::Accept { .. } => {}
+        Admission::Draining => {
+            return reject(
+                transport,
+                v1::RejectCode::Draining,
+                "gateway is draining".into(),
+                0,
+                &shared,
+            )
+            .await;
+        }
+        Admission::Overloaded => {
+            return reject(
+                transport,
+                v1::RejectCode::Overloaded,
+                format!("gateway at capacity ({})", cfg.capacity),
+                1000,
+                &shared,
+            )
+            .await;
+        }
+        Admission::Duplicate => {
+            let kick = Frame::Kick(v1::Kick {
+                code: v1::KickCode::LoggedInElsewhere as i32,
+                reason: "this client_id is already logged in here".into(),
+            });
+            metrics::counter!("switchyard_gateway_kicks_total", "reason" => "duplicate_login")
+                .increment(1);
+            if timeout(cfg.slow_client_timeout, transport.send(&kick))
+                .await
+                .is_ok()
+            {
+                transport.close(LINGER).await;
+            }
+            return closed("duplicate_login");
+        }
+    }
+
+    let welcome = Frame::Welcome(v1::Welcome {
+        gateway_id: cfg.gateway_id.clone(),
+        session_id: handle.session_id().to_owned(),
+        heartbeat_interval_ms: cfg.heartbeat_interval.as_millis() as u64,
+        idle_timeout_ms: cfg.idle_timeout.as_millis() as u64,
+    });
+    let ending = match timeout(cfg.slow_client_timeout, transport.send(&welcome)).await {
+        Ok(Ok(())) => {
+            metrics::counter!("switchyard_gateway_sessions_total", "protocol" => transport.name())
+                .increment(1);
+            debug!(%peer, client_id = %handle.client_id(), session_id = %handle.session_id(), "welcomed");
+            shared.app.on_open(&handle);
+            let ending = session(&mut transport, &handle, data_rx, control_rx, &shared).await;
+            shared.app.on_close(&handle);
+            ending
+        }
+        Ok(Err(_)) => Ending::Abort("io_error"),
+        Err(_) => Ending::Abort("slow_client"),
+    };
+    shared.hub.unregister(&handle);
+    match ending {
+        Ending::Graceful(reason) => {
+            closed(reason);
+            transport.close(LINGER).await;
+        }
+        Ending::Abort(reason) => {
+            if reason == "slow_client" {
+                metrics::counter!("switchyard_gateway_slow_clients_total").increment(1);
+            }
+            debug!(%peer, client_id = %handle.client_id(), reason, "session closed");
+            closed(reason);
+        }
+    }
+}
+
+fn recv_failed(peer: &SocketAddr, e: &RecvError) {
+    if e.is_disconnect() {
+        closed("client_closed");
+    } else {
+        info!(%peer, error = %e, "bad frame, closing connection");
+        frame_error(e.reason());
+        closed("frame_error");
+    }
+}
+
+async fn reject(
+    mut transport: Transport,
+    code: v1::RejectCode,
+    reason: String,
+    retry_after_ms: u64,
+    shared: &Shared,
+) {
+    metrics::counter!("switchyard_gateway_rejects_total", "code" => code.as_str_name())
+        .increment(1);
+    let frame = Frame::Reject(v1::Reject {
+        code: code as i32,
+        reason,
+        retry_after_ms,
+    });
+    if timeout(shared.config.slow_client_timeout, transport.send(&frame))
+        .await
+        .is_ok()
+    {
+        transport.close(LINGER).await;
+    }
+    closed("rejected");
+}
+
+/// Sends within the slow-client timeout; a socket that takes no bytes that long is slow.
+async fn send(transport: &mut Transport, frame: &Frame, limit: Duration) -> Result<(), Ending> {
+    match timeout(limit, transport.send(frame)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(Ending::Abort("io_error")),
+        Err(_) => Err(Ending::Abort("slow_client")),
+    }
+}
+
+/// The logged-in session: one task, one select loop, no locks on the frame path.
+async fn session(
+    transport: &mut Transport,
+    handle: &SessionHandle,
+    mut data_rx: mpsc::Receiver<Bytes>,
+    mut control_rx: mpsc::UnboundedReceiver<Control>,
+    shared: &Shared,
+) -> Ending {
+    let cfg = &shared.config;
+    let limit = cfg.slow_client_timeout;
+    let idle = tokio::time::sleep(cfg.idle_timeout);
+    tokio::pin!(idle);
+    let mut acks = AckTracker::default();
+    let mut out_seq: u64 = 0;
+    loop {
+        // Order matters: control first (kick beats queued data), then the dead-link clock
+        // (so a stream of pushes cannot keep a silent client alive), then our queued data
+        // (drained before reading more, which is the flow control for echo), then client
+        // frames, and an owed ACK last, which batches ACKs over frames already buffered.
+        let result = tokio::select! {
+            biased;
+            c = control_rx.recv() => match c {
+                Some(Control::Kick(k)) => {
+                    return match send(transport, &Frame::Kick(k), limit).await {
+                        Ok(()) => Ending::Graceful("kicked"),
+                        Err(e) => e,
+                    };
+                }
+                Some(Control::GoAway(g)) => send(transport, &Frame::GoAway(g), limit).await,
+                Some(Control::Close(reason)) => return Ending::Abort(reason),
+                None => return Ending::Abort("closed"),
+            },
+            () = &mut idle, if cfg.heartbeat_check => {
+                debug!(client_id = %handle.client_id(), "idle timeout: reaping dead link");
+                return Ending::Abort("idle");
+            }
+            Some(payload) = data_rx.recv() => {
+                out_seq += 1;
+                send(transport, &Frame::Data { seq: out_seq, payload }, limit).await
+            }
+            r = transport.recv() => {
+                idle.as_mut().reset(Instant::now() + cfg.idle_timeout);
+                match r {
+                    Ok(Incoming::Frame(f)) => {
+                        metrics::counter!("switchyard_gateway_frames_in_total", "kind" => f.kind().name()).increment(1);
+                        match on_client_frame(f) {
+                            Action::Pong(p) => {
+                                if cfg.log_heartbeats {
+                                    info!(client_id = %handle.client_id(), "PING");
+                                }
+                                send(transport, &Frame::Pong(p), limit).await
+                            }
+                            Action::Nothing => {
+                                if cfg.log_heartbeats {
+                                    info!(client_id = %handle.client_id(), "PONG");
+                                }
+                                Ok(())
+                            }
+                            Action::Data(seq, payload) => match shared.app.on_data(handle, seq, payload) {
+                                Ok(()) => {
+                                    acks.taken(seq);
+                                    Ok(())
+                                }
+                                Err(e) => {
+                                    info!(client_id = %handle.client_id(), error = %e, "application refused data");
+                                    return Ending::Abort("app_refused");
+                                }
+                            },
+                            // The gateway does not resend (a new session starts afresh), so
+                            // ACKs of our DATA only count as liveness.
+                            Action::Acked(_) => Ok(()),
+                            Action::Violation(kind) => {
+                                info!(client_id = %handle.client_id(), kind = kind.name(), "client sent a server-only frame");
+                                frame_error("unexpected_kind");
+                                return Ending::Abort("frame_error");
+                            }
+                        }
+                    }
+                    Ok(Incoming::Control) => match timeout(limit, transport.flush()).await {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(_)) => Err(Ending::Abort("io_error")),
+                        Err(_) => Err(Ending::Abort("slow_client")),
+                    },
+                    Ok(Incoming::Closed) => return Ending::Abort("client_closed"),
+                    Err(e) => {
+                        if e.is_disconnect() {
+                            return Ending::Abort("client_closed");
+                        }
+                        info!(client_id = %handle.client_id(), error = %e, "bad frame, closing connection");
+                        frame_error(e.reason());
+                        return Ending::Abort("frame_error");
+                    }
+                }
+            }
+            () = std::future::ready(()), if acks.is_pending() => {
+                let n = acks.take_pending().unwrap_or_default();
+                send(transport, &Frame::Ack(n), limit).await
+            }
+        };
+        if let Err(ending) = result {
+            return ending;
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! The reference gateway: a long-connection server speaking DESIGN contract 3 over TCP and
+//! WebSocket (optionally TLS), with server-side dead-link detection, kick, backpressure,
+//! limits and drain.
+//!
+//! Build a [`Gateway`] from a [`Config`], take its [`Hub`] for pushes, then
+//! [`Gateway::run`] it on already-bound listeners with a shutdown future: when that
+//! resolves the gateway drains (REJECT{DRAINING} for new logins, GOAWAY spread over the
+//! drain window, the rest closed) and `run` returns.
+//!
+//! Modules: `config` (settings), `auth` (HELLO check), `app` (DATA hook), `hub` (sessions
+//! by client id), `session` (pure rules), `transport` (TCP/WS framing), `conn` (the
+//! per-connection task), this file (accept loops and drain).
+
+mod app;
+mod auth;
+mod config;
+mod conn;
+mod hub;
+mod session;
+mod transport;
+
+pub use app::{App, AppError, Echo};
+pub use auth::{AcceptAny, Auth, AuthError, HmacAuth, MAX_CLIENT_ID};
+pub use config::{Config, ConfigError, KickPolicy, default_idle_timeout, load_tls, tls_from_der};
+pub use hub::{Broadcast, Hub, PushError, SessionHandle};
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use switchyard_proto::v1;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use hub::Control;
+use session::DrainPlan;
+
+/// The listeners a gateway serves; bind them first (port 0 in tests).
+#[derive(Debug, Default)]
+pub struct Listeners {
+    /// Length-prefixed frames on TCP (or TLS).
+    pub tcp: Option<TcpListener>,
+    /// WebSocket, one binary message per frame (or WSS).
+    pub ws: Option<TcpListener>,
+}
+
+/// Why the gateway could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A setting cannot work.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Neither listener was given.
+    #[error("no listener: give a TCP or a WebSocket listener")]
+    NoListener,
+}
+
+/// What every connection task shares.
+pub(crate) struct Shared {
+    /// Validated settings.
+    pub(crate) config: Config,
+    /// Sessions by client id.
+    pub(crate) hub: Hub,
+    /// DATA hook.
+    pub(crate) app: Arc<dyn App>,
+    /// HELLO check.
+    pub(crate) auth: Arc<dyn Auth>,
+    /// Set when the config carries TLS.
+    pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Source of hub-unique session keys.
+    next_key: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn next_key(&self) -> u64 {
+        self.next_key.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// A gateway ready to run. See the module docs.
+pub struct Gateway {
+    /// Validated settings.
+    config: Config,
+    /// Created up front so the application can hold it before `run`.
+    hub: Hub,
+    /// DATA hook; [`Echo`] unless replaced.
+    app: Arc<dyn App>,
+    /// HELLO check; [`HmacAuth`] with a secret, else [`AcceptAny`].
+    auth: Arc<dyn Auth>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// Validates `config`; the application hook is [`Echo`].
+    pub fn new(config: Config) -> Result<Self, Error> {
+        config.validate()?;
+        let auth: Arc<dyn Auth> = match &config.auth_secret {
+            Some(secret) => Arc::new(HmacAuth::new(secret.clone())),
+            None => Arc::new(AcceptAny),
+        };
+        Ok(Self {
+            hub: Hub::new(config.kick_policy, config.capacity),
+            config,
+            app: Arc::new(Echo),
+            auth,
+        })
+    }
+
+    /// Replaces the DATA hook.
+    pub fn with_app(mut self, app: Arc<dyn App>) -> Self {
+        self.app = app;
+        self
+    }
+
+    /// Replaces the HELLO check.
+    pub fn with_auth(mut self, auth: Arc<dyn Auth>) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// The session registry: push, broadcast, kick, count.
+    pub fn hub(&self) -> Hub {
+        self.hub.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then drains over the drain window and returns
+    /// once every session is gone.
+    pub async fn run(
+        self,
+        listeners: Listeners,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), Error> {
+        if listeners.tcp.is_none() && listeners.ws.is_none() {
+            return Err(Error::NoListener);
+        }
+        let shared = Arc::new(Shared {
+            tls: self.config.tls.clone().map(tokio_rustls::TlsAcceptor::from),
+            config: self.config,
+            hub: self.hub,
+            app: self.app,
+            auth: self.auth,
+            next_key: AtomicU64::new(1),
+        });
+        let tasks = TaskTracker::new();
+        let stop = CancellationToken::new();
+        for (listener, websocket) in [(listeners.tcp, false), (listeners.ws, true)] {
+            if let Some(l) = listener {
+                tasks.spawn(accept_loop(
+                    l,
+                    websocket,
+                    shared.clone(),
+                    tasks.clone(),
+                    stop.clone(),
+                ));
+            }
+        }
+        shutdown.await;
+        drain(&shared.hub, shared.config.drain_window).await;
+        stop.cancel();
+        tasks.close();
+        // Sessions were told to close; give stragglers (lingering closes) a moment.
+        if tokio::time::timeout(Duration::from_secs(3), tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!("some connections did not finish closing in 3s");
+        }
+        info!("gateway stopped");
+        Ok(())
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    websocket: bool,
+    shared: Arc<Shared>,
+    tasks: TaskTracker,
+    stop: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                tasks.spawn(conn::serve(stream, peer, websocket, shared.clone()));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: keep serving those connected.
+                metrics::counter!("switchyard_gateway_accept_errors_total").increment(1);
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// New logins are refused from now on; every session gets GOAWAY at an evenly spaced
+/// moment inside `window`; what is left at the end is closed.
+pub(crate) async fn drain(hub: &Hub, window: Duration) {
+    hub.set_draining();
+    let start = Instant::now();
+    let sessions = hub.sessions();
+    let plan = DrainPlan::new(window, sessions.len());
+    info!(sessions = sessions.len(), ?window, "draining");
+    let goaway = v1::GoAway {
+        reason: "gateway draining".into(),
+        reconnect_within_ms: plan.reconnect_within.as_millis() as u64,
+    };
+    for (i, s) in sessions.iter().enumerate() {
+        tokio::time::sleep_until(start + plan.at(i)).await;
+        s.control(Control::GoAway(goaway.clone()));
+    }
+    metrics::counter!("switchyard_gateway_goaways_total").increment(sessions.len() as u64);
+    tokio::time::sleep_until(start + window).await;
+    let rest = hub.sessions();
+    if !rest.is_empty() {
+        info!(sessions = rest.len(), "drain window over, closing the rest");
+    }
+    for s in rest {
+        s.control(Control::Close("drained"));
+    }
+}

@@ -1,0 +1,390 @@
+//! `switchyardctl`: ask a router what it sees, what a client would get and why, drain and
+//! undrain gateways, and watch the fleet live.
+//!
+//! Talks to a router's gRPC API (`--router`); `gateways` falls back to reading etcd directly
+//! (`--etcd`) when no router answers. Errors say what failed and what to check.
+
+mod output;
+mod top;
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use switchyard_proto::v1::{self as pb, admin_client::AdminClient, router_client::RouterClient};
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+/// Operate a Switchyard cluster.
+#[derive(Debug, Parser)]
+#[command(name = "switchyardctl", version, about)]
+struct Cli {
+    /// Router gRPC address.
+    #[arg(
+        long,
+        env = "SWITCHYARD_ROUTER",
+        default_value = "http://127.0.0.1:7100",
+        global = true
+    )]
+    router: String,
+    /// Bearer token for Admin calls (drain, undrain) and token-gated routers.
+    #[arg(
+        long,
+        env = "SWITCHYARD_ADMIN_TOKEN",
+        global = true,
+        hide_env_values = true
+    )]
+    token: Option<String>,
+    /// CA certificate (PEM) to trust for an https:// router.
+    #[arg(long, env = "SWITCHYARD_CA_CERT", global = true)]
+    ca_cert: Option<std::path::PathBuf>,
+    /// etcd endpoints, used by `gateways` when no router answers.
+    #[arg(long, env = "SWITCHYARD_ETCD", global = true, value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// Registry prefix in etcd (with --etcd).
+    #[arg(
+        long,
+        env = "SWITCHYARD_PREFIX",
+        default_value = "/switchyard",
+        global = true
+    )]
+    prefix: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table, global = true)]
+    output: Format,
+    /// Give up on a router call after this long.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration, global = true)]
+    timeout: Duration,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Every gateway: state, locality, load, age, version.
+    Gateways,
+    /// What a client would get, and why each other gateway was passed over.
+    Route {
+        /// The client id to rank for.
+        #[arg(long)]
+        client_id: String,
+        #[arg(long, default_value = "")]
+        region: String,
+        #[arg(long, default_value = "")]
+        zone: String,
+        /// tcp or ws.
+        #[arg(long, default_value = "tcp")]
+        protocol: String,
+        /// Network type policy key (wifi, cellular, …).
+        #[arg(long, default_value = "")]
+        network: String,
+        #[arg(long, default_value_t = 3)]
+        limit: u32,
+    },
+    /// Stop handing out a gateway (writes P/drain/<id>); its agent drains it.
+    Drain {
+        /// Gateway id.
+        id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Undo a drain.
+    Undrain {
+        /// Gateway id.
+        id: String,
+    },
+    /// One line per change, as it happens.
+    Watch,
+    /// A live full-screen view, refreshed every second.
+    Top {
+        /// Refresh interval.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+        /// Stop after this many refreshes (0 = until Ctrl-C).
+        #[arg(long, default_value_t = 0)]
+        iterations: u64,
+    },
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli).await {
+        eprintln!("switchyardctl: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match &cli.command {
+        Command::Gateways => gateways(&cli).await,
+        Command::Route {
+            client_id,
+            region,
+            zone,
+            protocol,
+            network,
+            limit,
+        } => {
+            let mut router = RouterClient::new(channel(&cli).await?);
+            let req = pb::RouteRequest {
+                client_id: client_id.clone(),
+                region: region.clone(),
+                zone: zone.clone(),
+                protocol: protocol.clone(),
+                network: network.clone(),
+                limit: *limit,
+                explain: true,
+                ..Default::default()
+            };
+            let resp = router
+                .route(authed(&cli, req)?)
+                .await
+                .map_err(|s| explain_status(&cli, s))?
+                .into_inner();
+            output::route(&resp, cli.output);
+            Ok(())
+        }
+        Command::Drain { id, reason } => {
+            let mut admin = AdminClient::new(channel(&cli).await?);
+            let by = std::env::var("USER").unwrap_or_else(|_| "switchyardctl".into());
+            let req = pb::DrainRequest {
+                gateway_id: id.clone(),
+                reason: reason.clone(),
+                by,
+            };
+            let resp = admin
+                .drain(authed(&cli, req)?)
+                .await
+                .map_err(|s| explain_status(&cli, s))?
+                .into_inner();
+            output::done(
+                cli.output,
+                &format!("drained {id}"),
+                serde_json::json!({"drained": id, "revision": resp.revision}),
+            );
+            Ok(())
+        }
+        Command::Undrain { id } => {
+            let mut admin = AdminClient::new(channel(&cli).await?);
+            let req = pb::UndrainRequest {
+                gateway_id: id.clone(),
+            };
+            let resp = admin
+                .undrain(authed(&cli, req)?)
+                .await
+                .map_err(|s| explain_status(&cli, s))?
+                .into_inner();
+            let msg = if resp.existed {
+                format!("undrained {id}")
+            } else {
+                format!("{id} was not drained")
+            };
+            output::done(
+                cli.output,
+                &msg,
+                serde_json::json!({"undrained": id, "existed": resp.existed}),
+            );
+            Ok(())
+        }
+        Command::Watch => {
+            let mut router = RouterClient::new(channel(&cli).await?);
+            let mut stream = router
+                .watch_gateways(authed(&cli, pb::WatchGatewaysRequest {})?)
+                .await
+                .map_err(|s| explain_status(&cli, s))?
+                .into_inner();
+            let mut known = std::collections::BTreeMap::new();
+            while let Some(update) = stream
+                .message()
+                .await
+                .map_err(|s| explain_status(&cli, s))?
+            {
+                output::watch_update(&mut known, &update, cli.output);
+            }
+            bail!("the router closed the watch stream")
+        }
+        Command::Top {
+            interval,
+            iterations,
+        } => {
+            let router = RouterClient::new(channel(&cli).await?);
+            top::run(router, &cli, *interval, *iterations).await
+        }
+    }
+}
+
+/// `gateways`: from the router, or straight from etcd when no router answers.
+async fn gateways(cli: &Cli) -> Result<()> {
+    let from_router = async {
+        let mut router = RouterClient::new(channel(cli).await?);
+        let resp = router
+            .list_gateways(authed(cli, pb::ListGatewaysRequest {})?)
+            .await
+            .map_err(|s| explain_status(cli, s))?;
+        anyhow::Ok(resp.into_inner())
+    }
+    .await;
+    match from_router {
+        Ok(resp) => {
+            output::gateways(&resp, "router", cli.output);
+            Ok(())
+        }
+        Err(e) if !cli.etcd.is_empty() => {
+            eprintln!("switchyardctl: {e:#}; reading etcd directly");
+            let resp = from_etcd(cli).await?;
+            output::gateways(&resp, "etcd", cli.output);
+            Ok(())
+        }
+        Err(e) => {
+            Err(e.context("pass --etcd to read the registry directly when no router answers"))
+        }
+    }
+}
+
+/// The registry read straight from etcd, shaped like a router's answer.
+async fn from_etcd(cli: &Cli) -> Result<pb::ListGatewaysResponse> {
+    use switchyard_registry::{EtcdConfig, Prefix, etcd_client::GetOptions};
+    let prefix = Prefix::new(cli.prefix.clone())?;
+    let client = EtcdConfig::new(&cli.etcd)?.connect().await?;
+    let mut c = client.clone();
+    let resp = tokio::time::timeout(
+        cli.timeout,
+        c.get(prefix.root(), Some(GetOptions::new().with_prefix())),
+    )
+    .await
+    .context("etcd did not answer in time: check --etcd and that etcd is running")?
+    .context("reading the registry from etcd")?;
+    let decode = switchyard_registry::view::decoder(&prefix);
+    let mut gateways = Vec::new();
+    let mut drains = std::collections::BTreeMap::new();
+    for kv in resp.kvs() {
+        let Some(rel) = kv
+            .key_str()
+            .ok()
+            .and_then(|k| k.strip_prefix(&prefix.root()))
+        else {
+            continue;
+        };
+        match decode(rel, kv.value()) {
+            Ok(Some(switchyard_registry::Entry::Gateway(g))) => gateways.push(g),
+            Ok(Some(switchyard_registry::Entry::Drain(d))) => {
+                drains.insert(rel.trim_start_matches("drain/").to_owned(), d);
+            }
+            Ok(None) => {}
+            Err(reason) => eprintln!("switchyardctl: skipping {rel}: {reason}"),
+        }
+    }
+    let gateways = gateways
+        .into_iter()
+        .map(|g| {
+            let drain = drains.get(&g.id);
+            pb::Gateway {
+                state: g.state.as_str().to_owned(),
+                tcp_addr: g.addrs.tcp.clone().unwrap_or_default(),
+                ws_addr: g.addrs.ws.clone().unwrap_or_default(),
+                capacity: g.capacity,
+                weight: g.weight,
+                connections: g.load.connections,
+                cpu: g.load.cpu,
+                version: g.version.clone(),
+                labels: g.labels.clone().into_iter().collect(),
+                started_at_unix_ms: g.started_at.map_or(0, |t| t.timestamp_millis()),
+                updated_at_unix_ms: g.updated_at.map_or(0, |t| t.timestamp_millis()),
+                ops_drained: drain.is_some(),
+                drain_reason: drain.map(|d| d.reason.clone()).unwrap_or_default(),
+                region: g.region,
+                zone: g.zone,
+                id: g.id,
+                ..Default::default()
+            }
+        })
+        .collect();
+    Ok(pb::ListGatewaysResponse {
+        gateways,
+        revision: resp.header().map_or(0, |h| h.revision()),
+        snapshot_age_ms: 0,
+        etcd_connected: true,
+        routes_total: 0,
+    })
+}
+
+/// A channel to the router, failing fast with what to check.
+async fn channel(cli: &Cli) -> Result<Channel> {
+    let mut endpoint = Endpoint::from_shared(cli.router.clone())
+        .with_context(|| {
+            format!(
+                "--router {:?} is not a URL like http://127.0.0.1:7100",
+                cli.router
+            )
+        })?
+        .connect_timeout(cli.timeout)
+        .timeout(cli.timeout);
+    if cli.router.starts_with("https://") {
+        let mut tls = ClientTlsConfig::new();
+        if let Some(ca) = &cli.ca_cert {
+            let pem =
+                std::fs::read(ca).with_context(|| format!("reading --ca-cert {}", ca.display()))?;
+            tls = tls.ca_certificate(Certificate::from_pem(pem));
+        }
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    endpoint.connect().await.with_context(|| {
+        format!(
+            "router unreachable at {}: check --router (or SWITCHYARD_ROUTER) and that switchyard-router runs",
+            cli.router
+        )
+    })
+}
+
+/// A request carrying the bearer token, when one is given.
+fn authed<T>(cli: &Cli, msg: T) -> Result<tonic::Request<T>> {
+    let mut req = tonic::Request::new(msg);
+    if let Some(token) = &cli.token {
+        let value: MetadataValue<_> = format!("Bearer {token}")
+            .parse()
+            .context("--token holds characters not allowed in a header")?;
+        req.metadata_mut().insert("authorization", value);
+    }
+    Ok(req)
+}
+
+/// Turns a gRPC status into an error that says what to check.
+fn explain_status(cli: &Cli, status: tonic::Status) -> anyhow::Error {
+    use tonic::Code;
+    let hint = match status.code() {
+        Code::Unauthenticated | Code::PermissionDenied => {
+            "bad or missing token: pass --token (or SWITCHYARD_ADMIN_TOKEN) matching the router's --admin-token"
+        }
+        Code::NotFound => "unknown gateway id: list them with `switchyardctl gateways`",
+        Code::InvalidArgument => "the request was refused as invalid",
+        Code::Unavailable => "the router is unreachable or has nothing to route to",
+        Code::DeadlineExceeded => "the router did not answer in time (--timeout)",
+        _ => "router error",
+    };
+    anyhow::anyhow!(
+        "{hint} ({}: {}) [router {}]",
+        code_name(status.code()),
+        status.message(),
+        cli.router
+    )
+}
+
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::NotFound => "NOT_FOUND",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        _ => "ERROR",
+    }
+}

@@ -1,0 +1,284 @@
+//! A local Switchyard cluster of real processes: etcd, routers and reference gateways, each
+//! on free loopback ports. Scenario tests, benchmarks and the demo all start theirs here.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use switchyard_proto::v1::{self as pb, router_client::RouterClient};
+use switchyard_registry::Prefix;
+
+use crate::process::{Child, bin_path};
+use crate::{Etcd, eventually, free_port, unique_prefix};
+
+/// One gateway to start.
+#[derive(Debug, Clone)]
+pub struct GatewaySpec {
+    /// Registry id.
+    pub id: String,
+    /// Region registered.
+    pub region: String,
+    /// Zone registered.
+    pub zone: String,
+    /// Session limit.
+    pub capacity: u64,
+    /// Further `switchyard-gateway` flags (e.g. `--heartbeat-interval 1s`).
+    pub args: Vec<String>,
+}
+
+impl GatewaySpec {
+    /// A gateway in `region`/`zone` with capacity 10 000.
+    pub fn new(id: &str, region: &str, zone: &str) -> Self {
+        Self {
+            id: id.into(),
+            region: region.into(),
+            zone: zone.into(),
+            capacity: 10_000,
+            args: Vec::new(),
+        }
+    }
+
+    /// Adds flags.
+    pub fn args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, args: I) -> Self {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+}
+
+/// A running router process.
+#[derive(Debug)]
+pub struct RouterProcess {
+    /// The process.
+    pub child: Child,
+    /// gRPC address.
+    pub grpc: SocketAddr,
+    /// HTTP side port (`/metrics`, `/healthz`, status page).
+    pub http: SocketAddr,
+}
+
+impl RouterProcess {
+    /// `http://127.0.0.1:<grpc port>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+}
+
+/// A running reference gateway process.
+#[derive(Debug)]
+pub struct GatewayProcess {
+    /// The process.
+    pub child: Child,
+    /// What it was started with.
+    pub spec: GatewaySpec,
+    /// TCP listen (and advertised) address.
+    pub tcp: SocketAddr,
+    /// WebSocket URL.
+    pub ws: String,
+    /// HTTP side port (`/metrics`, `/healthz`).
+    pub http: SocketAddr,
+}
+
+/// etcd + routers + gateways, all separate processes, stopped on drop.
+#[derive(Debug)]
+pub struct Cluster {
+    /// The etcd all of them use.
+    pub etcd: Etcd,
+    /// Registry prefix of this cluster.
+    pub prefix: Prefix,
+    /// Routers, in start order.
+    pub routers: Vec<RouterProcess>,
+    /// Gateways by id.
+    pub gateways: BTreeMap<String, GatewayProcess>,
+    /// Where child processes log (`RUST_LOG` for them; default `warn`).
+    log_filter: String,
+    /// Extra router flags.
+    router_args: Vec<String>,
+}
+
+impl Cluster {
+    /// Starts etcd, `routers` routers and the gateways, and waits until every router
+    /// hands out every gateway.
+    pub async fn start(routers: usize, gateways: &[GatewaySpec]) -> Self {
+        Self::start_with(routers, &[] as &[&str], gateways).await
+    }
+
+    /// Like [`Cluster::start`], with extra flags for every router.
+    pub async fn start_with<S: AsRef<str>>(
+        routers: usize,
+        router_args: &[S],
+        gateways: &[GatewaySpec],
+    ) -> Self {
+        let mut cluster = Self {
+            etcd: Etcd::start().await,
+            prefix: unique_prefix(),
+            routers: Vec::new(),
+            gateways: BTreeMap::new(),
+            log_filter: std::env::var("SWITCHYARD_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
+            router_args: router_args.iter().map(|a| a.as_ref().to_owned()).collect(),
+        };
+        for _ in 0..routers {
+            cluster.add_router().await;
+        }
+        for spec in gateways {
+            cluster.add_gateway(spec.clone()).await;
+        }
+        let ids: Vec<String> = gateways.iter().map(|g| g.id.clone()).collect();
+        cluster.wait_serving(&ids, Duration::from_secs(20)).await;
+        cluster
+    }
+
+    /// Router gRPC URLs.
+    pub fn router_urls(&self) -> Vec<String> {
+        self.routers.iter().map(RouterProcess::url).collect()
+    }
+
+    /// Starts one more router and waits until it answers.
+    pub async fn add_router(&mut self) -> usize {
+        let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let mut cmd = Command::new(bin_path("switchyard-router"));
+        cmd.args([
+            "--etcd",
+            &self.etcd.endpoint(),
+            "--prefix",
+            self.prefix.as_str(),
+        ])
+        .args([
+            "--listen",
+            &grpc.to_string(),
+            "--http-listen",
+            &http.to_string(),
+        ])
+        .args(&self.router_args);
+        self.child_env(&mut cmd);
+        let child = Child::spawn(cmd, "switchyard-router");
+        let router = RouterProcess { child, grpc, http };
+        let url = router.url();
+        eventually(Duration::from_secs(20), "router answers", || async {
+            let mut c = RouterClient::connect(url.clone()).await.ok()?;
+            c.list_gateways(pb::ListGatewaysRequest {}).await.ok()
+        })
+        .await;
+        self.routers.push(router);
+        self.routers.len() - 1
+    }
+
+    /// Starts a gateway (registered in etcd under this cluster's prefix) and waits until it
+    /// accepts connections.
+    pub async fn add_gateway(&mut self, spec: GatewaySpec) {
+        let tcp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let ws_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let mut cmd = Command::new(bin_path("switchyard-gateway"));
+        cmd.args([
+            "--etcd",
+            &self.etcd.endpoint(),
+            "--prefix",
+            self.prefix.as_str(),
+        ])
+        .args([
+            "--id",
+            &spec.id,
+            "--region",
+            &spec.region,
+            "--zone",
+            &spec.zone,
+        ])
+        .args(["--capacity", &spec.capacity.to_string()])
+        .args([
+            "--listen",
+            &tcp.to_string(),
+            "--ws-listen",
+            &ws_addr.to_string(),
+        ])
+        .args(["--http-listen", &http.to_string()])
+        .args(&spec.args);
+        self.child_env(&mut cmd);
+        let child = Child::spawn(cmd, &format!("switchyard-gateway {}", spec.id));
+        eventually(Duration::from_secs(20), "gateway listens", || async {
+            tokio::net::TcpStream::connect(tcp).await.ok()
+        })
+        .await;
+        self.gateways.insert(
+            spec.id.clone(),
+            GatewayProcess {
+                child,
+                spec,
+                tcp,
+                ws: format!("ws://{ws_addr}/ws"),
+                http,
+            },
+        );
+    }
+
+    /// Waits until every router lists each of `ids` as serving.
+    pub async fn wait_serving(&self, ids: &[String], limit: Duration) {
+        for url in self.router_urls() {
+            eventually(
+                limit,
+                &format!("router {url} hands out {ids:?}"),
+                || async {
+                    let list = list(&url).await?;
+                    ids.iter()
+                        .all(|id| {
+                            list.gateways
+                                .iter()
+                                .any(|g| &g.id == id && g.state == "serving")
+                        })
+                        .then_some(())
+                },
+            )
+            .await;
+        }
+    }
+
+    /// Waits until no router lists `id` at all (lease revoked or expired).
+    pub async fn wait_gone(&self, id: &str, limit: Duration) {
+        for url in self.router_urls() {
+            eventually(limit, &format!("router {url} forgets {id}"), || async {
+                let list = list(&url).await?;
+                (!list.gateways.iter().any(|g| g.id == id)).then_some(())
+            })
+            .await;
+        }
+    }
+
+    /// The gateway `id`.
+    pub fn gateway(&mut self, id: &str) -> &mut GatewayProcess {
+        self.gateways
+            .get_mut(id)
+            .unwrap_or_else(|| panic!("no gateway {id}"))
+    }
+
+    /// Runs `switchyardctl --router <first router> <args>` and returns its output.
+    pub fn ctl(&self, args: &[&str]) -> std::process::Output {
+        Command::new(bin_path("switchyardctl"))
+            .args(["--router", &self.router_urls()[0]])
+            .args(args)
+            .output()
+            .expect("run switchyardctl")
+    }
+
+    fn child_env(&self, cmd: &mut Command) {
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("SWITCHYARD_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.env("RUST_LOG", &self.log_filter)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+    }
+}
+
+/// `ListGateways` from one router, or `None` when it does not answer.
+pub async fn list(router_url: &str) -> Option<pb::ListGatewaysResponse> {
+    let mut c = RouterClient::connect(router_url.to_owned()).await.ok()?;
+    Some(
+        c.list_gateways(pb::ListGatewaysRequest {})
+            .await
+            .ok()?
+            .into_inner(),
+    )
+}
