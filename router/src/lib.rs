@@ -27,7 +27,7 @@ pub use config::{Config, ConfigError};
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -108,6 +108,7 @@ pub async fn run(
         outliers: Outliers::default(),
         contact_ms: AtomicI64::new(0),
         connected: AtomicBool::new(false),
+        routes_total: AtomicU64::new(0),
     });
     let stop = CancellationToken::new();
     let (health, health_service) = tonic_health::server::health_reporter();

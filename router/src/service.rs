@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Instant;
 
 use futures::Stream;
@@ -55,6 +55,9 @@ pub struct State {
     pub contact_ms: AtomicI64,
     /// Whether the watch stream is up right now.
     pub connected: AtomicBool,
+    /// Route calls answered since start (any outcome), so `switchyardctl top` can show a
+    /// rate without scraping Prometheus.
+    pub routes_total: AtomicU64,
 }
 
 impl std::fmt::Debug for State {
@@ -400,6 +403,7 @@ type UpdateStream = Pin<Box<dyn Stream<Item = Result<GatewaysUpdate, Status>> + 
 impl pb::router_server::Router for RouterService {
     async fn route(&self, req: Request<RouteRequest>) -> Result<Response<RouteResponse>, Status> {
         let started = Instant::now();
+        self.state.routes_total.fetch_add(1, Ordering::Relaxed);
         let result = self.route_now(req);
         let code = match &result {
             Ok(_) => "ok",
@@ -427,6 +431,7 @@ impl pb::router_server::Router for RouterService {
             revision: view.revision,
             snapshot_age_ms: self.state.snapshot_age_ms(now_ms()),
             etcd_connected: self.state.connected.load(Ordering::Relaxed),
+            routes_total: self.state.routes_total.load(Ordering::Relaxed),
         }))
     }
 

@@ -320,6 +320,10 @@ async fn first_place_is_stable_across_calls_and_replicas() {
         .into_inner();
     let pending: u64 = listed.gateways.iter().map(|g| g.pending).sum();
     assert_eq!(pending, 100);
+    assert_eq!(
+        listed.routes_total, 400,
+        "every Route call on this replica is counted"
+    );
     one.stop().await;
     two.stop().await;
 }
