@@ -24,8 +24,8 @@ pub mod cluster;
 pub mod etcd;
 pub mod process;
 pub mod proxy;
-pub mod router;
 pub mod rawclient;
+pub mod router;
 
 pub use cluster::{Cluster, GatewaySpec};
 pub use etcd::{Etcd, EtcdCluster};
