@@ -58,7 +58,9 @@ async fn start(extra: &[&str]) -> Proc {
 }
 
 async fn metrics(http: SocketAddr) -> String {
-    let mut s = tokio::net::TcpStream::connect(http).await.expect("metrics port");
+    let mut s = tokio::net::TcpStream::connect(http)
+        .await
+        .expect("metrics port");
     s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
@@ -99,7 +101,10 @@ async fn bad_frames_are_counted_by_reason_and_sigterm_drains_then_exits_zero() {
         Frame::GoAway(g) => assert_eq!(g.reconnect_within_ms, 100),
         other => panic!("expected GOAWAY, got {other:?}"),
     }
-    assert!(keeper.closed_within(T).await, "closed at the end of the drain");
+    assert!(
+        keeper.closed_within(T).await,
+        "closed at the end of the drain"
+    );
     assert_eq!(p.child.wait_timeout(T), Some(0), "exit 0 after the drain");
 }
 
