@@ -56,7 +56,12 @@ async fn twenty_thousand_idle_connections_are_held() {
         let (tcp, http) = (addr(free_port()), addr(free_port()));
         let mut cmd = Command::new(bin_path("switchyard-gateway"));
         cmd.args(["--no-register", "--id", &format!("gw-idle-{i}")])
-            .args(["--listen", &tcp.to_string(), "--http-listen", &http.to_string()])
+            .args([
+                "--listen",
+                &tcp.to_string(),
+                "--http-listen",
+                &http.to_string(),
+            ])
             .args(["--capacity", &(PER_GATEWAY + 10).to_string()])
             // Reaping stays on: idle sessions are timed by the timer wheel, not scanned.
             .args(["--heartbeat-interval", "30s"])
@@ -84,9 +89,11 @@ async fn twenty_thousand_idle_connections_are_held() {
         holders.push(Child::spawn(cmd, "idle holder"));
     }
     for (_, _, http) in &gateways {
-        eventually(Duration::from_secs(45), "10 000 sessions on each gateway", || async {
-            (gauge(*http).await? == PER_GATEWAY as f64).then_some(())
-        })
+        eventually(
+            Duration::from_secs(45),
+            "10 000 sessions on each gateway",
+            || async { (gauge(*http).await? == PER_GATEWAY as f64).then_some(()) },
+        )
         .await;
     }
     let held_at = start.elapsed();
