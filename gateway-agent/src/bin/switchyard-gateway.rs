@@ -1,203 +1,217 @@
-//! `switchyard-gateway`: the reference long-connection gateway (DESIGN contract 4).
+//! `switchyard-gateway`: the reference long-connection gateway with its agent embedded
+//! (DESIGN contract 4). Flags, `SWITCHYARD_<FLAG>` environment variables and a TOML file
+//! (`--config`, keys are the long flag names) are merged by `cli::parse`.
 //!
-//! Flags, `SWITCHYARD_<FLAG>` environment variables and a TOML file (`--config`, keys are
-//! the flag names with `_`) are merged in that order of precedence.
+//! Lifecycle: register (unless `--no-register`), serve; on SIGTERM/SIGINT or an ops drain
+//! (`P/drain/<id>`) the record says `draining`, GOAWAYs go out over `--drain-window`, the
+//! rest is closed, the lease revoked, exit 0. A second signal exits at once.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use serde::Deserialize;
-use switchyard_gateway_agent::gateway::{self, Gateway, KickPolicy, Listeners};
+use switchyard_gateway_agent::agent::{self, cpu};
+use switchyard_gateway_agent::cli::{self, LogFormat};
+use switchyard_gateway_agent::gateway::{self, Gateway, Hub, KickPolicy, Listeners};
+use switchyard_registry::{Addrs, EtcdConfig, GatewayId, Prefix};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
-/// Every setting optional here, so flags/env (clap) and the TOML file can be merged.
-#[derive(Debug, Default, Parser, Deserialize)]
-#[command(
-    name = "switchyard-gateway",
-    version,
-    about = "Switchyard reference long-connection gateway"
-)]
-#[serde(default, deny_unknown_fields)]
-struct Args {
-    /// TOML file with any of these settings (flags and env override it).
+/// The reference gateway.
+#[derive(Debug, Parser)]
+#[command(name = "switchyard-gateway", version, args_override_self = true)]
+struct Flags {
+    /// TOML file with any of these flags as keys (flags and env win).
     #[arg(long, env = "SWITCHYARD_CONFIG")]
-    #[serde(skip)]
     config: Option<PathBuf>,
-    /// etcd endpoints, comma separated.
-    #[arg(long, env = "SWITCHYARD_ETCD")]
-    etcd: Option<String>,
-    /// Registry key prefix.
-    #[arg(long, env = "SWITCHYARD_PREFIX")]
-    prefix: Option<String>,
-    /// Gateway id (registry key, WELCOME).
+    /// etcd endpoints, comma-separated.
+    #[arg(long, env = "SWITCHYARD_ETCD", default_value = "http://127.0.0.1:2379")]
+    etcd: String,
+    /// Registry prefix in etcd.
+    #[arg(long, env = "SWITCHYARD_PREFIX", default_value = "/switchyard")]
+    prefix: String,
+    /// Gateway id (registry key; sent in WELCOME).
     #[arg(long, env = "SWITCHYARD_ID")]
-    id: Option<String>,
-    /// TCP listen address (default 127.0.0.1:7200).
-    #[arg(long, env = "SWITCHYARD_LISTEN")]
-    listen: Option<SocketAddr>,
+    id: String,
+    /// TCP listen address.
+    #[arg(long, env = "SWITCHYARD_LISTEN", default_value = "127.0.0.1:7200")]
+    listen: SocketAddr,
     /// WebSocket listen address.
     #[arg(long, env = "SWITCHYARD_WS_LISTEN")]
     ws_listen: Option<SocketAddr>,
-    /// TCP address registered (default: --listen when concrete).
+    /// TCP address registered (default: --listen when it is a concrete address).
     #[arg(long, env = "SWITCHYARD_ADVERTISE")]
     advertise: Option<String>,
-    /// WebSocket URL registered (default: ws://<ws-listen>/ws when concrete).
+    /// WebSocket URL registered (default: ws[s]://<ws-listen>/ws when concrete).
     #[arg(long, env = "SWITCHYARD_WS_ADVERTISE")]
     ws_advertise: Option<String>,
     /// Region registered.
-    #[arg(long, env = "SWITCHYARD_REGION")]
-    region: Option<String>,
+    #[arg(long, env = "SWITCHYARD_REGION", default_value = "")]
+    region: String,
     /// Zone registered.
-    #[arg(long, env = "SWITCHYARD_ZONE")]
-    zone: Option<String>,
-    /// Session limit; more get REJECT{OVERLOADED} (default 100000).
-    #[arg(long, env = "SWITCHYARD_CAPACITY")]
-    capacity: Option<u64>,
-    /// Weight registered (default 100).
-    #[arg(long, env = "SWITCHYARD_WEIGHT")]
-    weight: Option<u32>,
-    /// Registry lease TTL (default 10s).
-    #[arg(long, env = "SWITCHYARD_TTL", value_parser = humantime::parse_duration)]
-    #[serde(with = "humantime_serde")]
-    ttl: Option<Duration>,
-    /// Run without etcd.
-    #[arg(long, env = "SWITCHYARD_NO_REGISTER", num_args = 0..=1, default_missing_value = "true")]
-    no_register: Option<bool>,
-    /// Time to complete TLS, WebSocket upgrade and HELLO (default 10s).
-    #[arg(long, env = "SWITCHYARD_HELLO_TIMEOUT", value_parser = humantime::parse_duration)]
-    #[serde(with = "humantime_serde")]
-    hello_timeout: Option<Duration>,
-    /// Heartbeat interval told to clients (default 30s).
-    #[arg(long, env = "SWITCHYARD_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration)]
-    #[serde(with = "humantime_serde")]
-    heartbeat_interval: Option<Duration>,
-    /// Close sessions silent this long (default 2.5 × heartbeat interval).
+    #[arg(long, env = "SWITCHYARD_ZONE", default_value = "")]
+    zone: String,
+    /// Session limit (registered as capacity); more logins get REJECT{OVERLOADED}.
+    #[arg(long, env = "SWITCHYARD_CAPACITY", default_value_t = 100_000)]
+    capacity: u64,
+    /// Relative weight registered (1–10000).
+    #[arg(long, env = "SWITCHYARD_WEIGHT", default_value_t = 100)]
+    weight: u32,
+    /// Label `key=value` registered (repeat, or comma-separated in the env variable).
+    #[arg(long, env = "SWITCHYARD_LABEL", value_delimiter = ',')]
+    label: Vec<String>,
+    /// Lease TTL (whole seconds, at least 2s).
+    #[arg(long, env = "SWITCHYARD_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+    /// At most one load-driven record write per this interval.
+    #[arg(long, env = "SWITCHYARD_REPORT_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
+    report_interval: Duration,
+    /// Replace a live agent registered under the same id.
+    #[arg(long, env = "SWITCHYARD_TAKEOVER")]
+    takeover: bool,
+    /// Run without etcd (no registration, no ops drain).
+    #[arg(long, env = "SWITCHYARD_NO_REGISTER")]
+    no_register: bool,
+    /// Time to complete TLS, the WebSocket upgrade and HELLO.
+    #[arg(long, env = "SWITCHYARD_HELLO_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    hello_timeout: Duration,
+    /// Heartbeat interval told to clients in WELCOME.
+    #[arg(long, env = "SWITCHYARD_HEARTBEAT_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    heartbeat_interval: Duration,
+    /// Close sessions the client kept silent this long (default 2.5 × heartbeat interval).
     #[arg(long, env = "SWITCHYARD_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
-    #[serde(with = "humantime_serde")]
     idle_timeout: Option<Duration>,
-    /// Debugging: never reap idle sessions.
-    #[arg(long, env = "SWITCHYARD_NO_HEARTBEAT_CHECK", num_args = 0..=1, default_missing_value = "true")]
-    no_heartbeat_check: Option<bool>,
+    /// Debugging: never reap silent sessions.
+    #[arg(long, env = "SWITCHYARD_NO_HEARTBEAT_CHECK")]
+    no_heartbeat_check: bool,
     /// Log every PING/PONG.
-    #[arg(long, env = "SWITCHYARD_LOG_HEARTBEATS", num_args = 0..=1, default_missing_value = "true")]
-    log_heartbeats: Option<bool>,
-    /// Close clients that read nothing this long (default 10s).
-    #[arg(long, env = "SWITCHYARD_SLOW_CLIENT_TIMEOUT", value_parser = humantime::parse_duration)]
-    #[serde(with = "humantime_serde")]
-    slow_client_timeout: Option<Duration>,
-    /// Outbound frames queued per session (default 256).
-    #[arg(long, env = "SWITCHYARD_SEND_QUEUE")]
-    send_queue: Option<usize>,
-    /// Largest frame in bytes (default 65536).
-    #[arg(long, env = "SWITCHYARD_MAX_FRAME")]
-    max_frame: Option<usize>,
-    /// GOAWAYs are spread over this window on drain (default 30s).
-    #[arg(long, env = "SWITCHYARD_DRAIN_WINDOW", value_parser = humantime::parse_duration)]
-    #[serde(with = "humantime_serde")]
-    drain_window: Option<Duration>,
-    /// kick-old | reject-new | allow-many (default kick-old).
-    #[arg(long, env = "SWITCHYARD_KICK_POLICY")]
-    kick_policy: Option<String>,
+    #[arg(long, env = "SWITCHYARD_LOG_HEARTBEATS")]
+    log_heartbeats: bool,
+    /// Close clients whose queue stays full (or socket takes no bytes) this long.
+    #[arg(long, env = "SWITCHYARD_SLOW_CLIENT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    slow_client_timeout: Duration,
+    /// Outbound frames queued per session.
+    #[arg(long, env = "SWITCHYARD_SEND_QUEUE", default_value_t = 256)]
+    send_queue: usize,
+    /// Largest frame in bytes (the length field).
+    #[arg(long, env = "SWITCHYARD_MAX_FRAME", default_value_t = 64 * 1024)]
+    max_frame: usize,
+    /// GOAWAYs are spread evenly over this window on drain.
+    #[arg(long, env = "SWITCHYARD_DRAIN_WINDOW", default_value = "30s", value_parser = humantime::parse_duration)]
+    drain_window: Duration,
+    /// kick-old | reject-new | allow-many.
+    #[arg(long, env = "SWITCHYARD_KICK_POLICY", default_value = "kick-old")]
+    kick_policy: KickPolicy,
     /// HELLO tokens must be hex(HMAC-SHA256(secret, client_id)).
     #[arg(long, env = "SWITCHYARD_AUTH_SECRET", hide_env_values = true)]
     auth_secret: Option<String>,
-    /// PEM certificate chain: serve TLS on both listeners.
+    /// PEM certificate chain: both listeners speak TLS.
     #[arg(long, env = "SWITCHYARD_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
     /// PEM private key for --tls-cert.
     #[arg(long, env = "SWITCHYARD_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// /metrics and /healthz address.
+    /// Serve /metrics and /healthz here.
     #[arg(long, env = "SWITCHYARD_HTTP_LISTEN")]
     http_listen: Option<SocketAddr>,
-    /// text | json (default text).
-    #[arg(long, env = "SWITCHYARD_LOG_FORMAT")]
-    log_format: Option<String>,
+    /// Log format.
+    #[arg(long, env = "SWITCHYARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
-impl Args {
-    /// Flags/env win over the file.
-    fn merge(self, file: Args) -> Args {
-        macro_rules! pick {
-            ($($f:ident),*) => { Args { config: self.config, $($f: self.$f.or(file.$f),)* } };
+impl Flags {
+    fn gateway(&self) -> anyhow::Result<gateway::Config> {
+        let mut c = gateway::Config::new(self.id.clone());
+        c.hello_timeout = self.hello_timeout;
+        c.heartbeat_interval = self.heartbeat_interval;
+        c.idle_timeout = self
+            .idle_timeout
+            .unwrap_or_else(|| gateway::default_idle_timeout(self.heartbeat_interval));
+        c.heartbeat_check = !self.no_heartbeat_check;
+        c.log_heartbeats = self.log_heartbeats;
+        c.slow_client_timeout = self.slow_client_timeout;
+        c.send_queue = self.send_queue;
+        c.max_frame = self.max_frame;
+        c.capacity = self.capacity;
+        c.drain_window = self.drain_window;
+        c.kick_policy = self.kick_policy;
+        c.auth_secret = self.auth_secret.clone().map(String::into_bytes);
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            c.tls = Some(gateway::load_tls(cert, key)?);
         }
-        pick!(
-            etcd,
-            prefix,
-            id,
-            listen,
-            ws_listen,
-            advertise,
-            ws_advertise,
-            region,
-            zone,
-            capacity,
-            weight,
-            ttl,
-            no_register,
-            hello_timeout,
-            heartbeat_interval,
-            idle_timeout,
-            no_heartbeat_check,
-            log_heartbeats,
-            slow_client_timeout,
-            send_queue,
-            max_frame,
-            drain_window,
-            kick_policy,
-            auth_secret,
-            tls_cert,
-            tls_key,
-            http_listen,
-            log_format
-        )
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// What the registry advertises: explicit flags, else the listen addresses when they
+    /// are concrete (an unspecified 0.0.0.0 cannot be dialled by a client).
+    fn addrs(&self, tcp: SocketAddr, ws: Option<SocketAddr>) -> anyhow::Result<Addrs> {
+        let tcp = match &self.advertise {
+            Some(a) => Some(a.clone()),
+            None if tcp.ip().is_unspecified() => {
+                bail!("--listen {tcp} is not a concrete address: give --advertise host:port")
+            }
+            None => Some(tcp.to_string()),
+        };
+        let scheme = if self.tls_cert.is_some() { "wss" } else { "ws" };
+        let ws = match (&self.ws_advertise, ws) {
+            (Some(u), _) => Some(u.clone()),
+            (None, Some(a)) if a.ip().is_unspecified() => bail!(
+                "--ws-listen {a} is not a concrete address: give --ws-advertise ws://host:port/ws"
+            ),
+            (None, Some(a)) => Some(format!("{scheme}://{a}/ws")),
+            (None, None) => None,
+        };
+        Ok(Addrs { tcp, ws })
+    }
+
+    fn agent(&self, addrs: Addrs) -> anyhow::Result<agent::Config> {
+        let mut labels = BTreeMap::new();
+        for l in &self.label {
+            let Some((k, v)) = l.split_once('=') else {
+                bail!("label {l:?} is not key=value");
+            };
+            labels.insert(k.to_owned(), v.to_owned());
+        }
+        let mut a = agent::Config::new(
+            EtcdConfig::new(&[&self.etcd])?,
+            Prefix::new(&self.prefix)?,
+            GatewayId::new(&self.id)?,
+            addrs,
+            self.capacity,
+        )?;
+        a.region.clone_from(&self.region);
+        a.zone.clone_from(&self.zone);
+        a.weight = self.weight;
+        a.labels = labels;
+        a.ttl = self.ttl;
+        a.report_interval = self.report_interval;
+        a.takeover = self.takeover;
+        a.validate()?;
+        Ok(a)
     }
 }
 
-fn init_logging(format: &str) -> anyhow::Result<()> {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        "text" => builder.init(),
-        "json" => builder.json().init(),
-        other => bail!("--log-format {other:?}: expected text or json"),
-    }
-    Ok(())
-}
-
-async fn serve_http(addr: SocketAddr) -> anyhow::Result<()> {
-    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .context("install metrics recorder")?;
-    let app = axum::Router::new()
-        .route(
-            "/metrics",
-            axum::routing::get(move || {
-                let h = handle.clone();
-                async move { h.render() }
-            }),
-        )
-        .route("/healthz", axum::routing::get(|| async { "ok\n" }));
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("bind --http-listen {addr}"))?;
-    info!(%addr, "metrics on /metrics");
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            warn!(error = %e, "http server failed");
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let flags: Flags = cli::parse();
+    cli::init_logging(flags.log_format);
+    match run(flags).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
         }
-    });
-    Ok(())
+    }
 }
 
-/// Resolves on the first SIGTERM/SIGINT; a second one exits at once.
-async fn first_signal() {
+/// Why the drain started.
+async fn drain_trigger(agent: Option<&agent::Agent>) -> &'static str {
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
@@ -205,11 +219,24 @@ async fn first_signal() {
         warn!("cannot install signal handlers");
         return std::future::pending().await;
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    info!("signal: draining (a second signal exits at once)");
+    let ops = async {
+        match agent {
+            Some(a) => {
+                let mut rx = a.ops_drain();
+                // Only an error (agent gone) ends this without a drain record.
+                if rx.wait_for(Option::is_some).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            None => std::future::pending().await,
+        }
+    };
+    let why = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+        () = ops => "ops drain",
+    };
+    // A second signal exits at once, whatever the drain is doing.
     tokio::spawn(async move {
         tokio::select! {
             _ = term.recv() => {}
@@ -218,92 +245,84 @@ async fn first_signal() {
         warn!("second signal: exiting now");
         std::process::exit(1);
     });
+    why
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Args::parse();
-    let file = match &cli.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("read --config {}", path.display()))?;
-            toml::from_str(&text).with_context(|| format!("parse --config {}", path.display()))?
+/// Feeds the live session count and the process's CPU to the agent (no probe: the count
+/// is read straight from the hub; the agent's reporting policy decides when to write).
+async fn report_load(hub: Hub, agent: agent::Agent) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut last_cpu = cpu::sample();
+    let mut last_cpu_at = tokio::time::Instant::now();
+    loop {
+        tick.tick().await;
+        agent.set_connections(hub.connections() as u64);
+        if last_cpu_at.elapsed() >= Duration::from_secs(1) {
+            let now = cpu::sample();
+            if let (Some(a), Some(b)) = (&last_cpu, &now) {
+                agent.set_cpu(cpu::cores_between(a, b));
+            }
+            last_cpu = now;
+            last_cpu_at = tokio::time::Instant::now();
         }
-        None => Args::default(),
-    };
-    let args = cli.merge(file);
-    init_logging(args.log_format.as_deref().unwrap_or("text"))?;
+    }
+}
 
-    let id = args.id.clone().unwrap_or_else(|| "gw-1".into());
-    let mut config = gateway::Config::new(id.clone());
-    if let Some(d) = args.hello_timeout {
-        config.hello_timeout = d;
+async fn run(flags: Flags) -> anyhow::Result<()> {
+    let config = flags.gateway().context("invalid gateway settings")?;
+    let metrics = cli::install_metrics().context("installing the metrics recorder")?;
+    if let Some(addr) = flags.http_listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding --http-listen {addr}"))?;
+        info!(addr = %listener.local_addr()?, "serving /metrics and /healthz");
+        tokio::spawn(cli::serve(
+            listener,
+            cli::ops_router(metrics),
+            std::future::pending(),
+        ));
     }
-    if let Some(d) = args.heartbeat_interval {
-        config.heartbeat_interval = d;
-        config.idle_timeout = gateway::default_idle_timeout(d);
-    }
-    if let Some(d) = args.idle_timeout {
-        config.idle_timeout = d;
-    }
-    config.heartbeat_check = !args.no_heartbeat_check.unwrap_or(false);
-    config.log_heartbeats = args.log_heartbeats.unwrap_or(false);
-    if let Some(d) = args.slow_client_timeout {
-        config.slow_client_timeout = d;
-    }
-    if let Some(n) = args.send_queue {
-        config.send_queue = n;
-    }
-    if let Some(n) = args.max_frame {
-        config.max_frame = n;
-    }
-    if let Some(n) = args.capacity {
-        config.capacity = n;
-    }
-    if let Some(d) = args.drain_window {
-        config.drain_window = d;
-    }
-    if let Some(p) = &args.kick_policy {
-        config.kick_policy = p.parse::<KickPolicy>()?;
-    }
-    config.auth_secret = args.auth_secret.clone().map(String::into_bytes);
-    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
-        config.tls = Some(gateway::load_tls(cert, key)?);
-    }
-    let gw = Gateway::new(config).context("invalid gateway settings")?;
-
-    if !args.no_register.unwrap_or(false) {
-        bail!(
-            "registration needs the embedded agent, which this build does not have yet; \
-             run with --no-register"
-        );
-    }
-
-    if let Some(addr) = args.http_listen {
-        serve_http(addr).await?;
-    }
-    let listen = args
-        .listen
-        .unwrap_or_else(|| "127.0.0.1:7200".parse().expect("valid"));
-    let tcp = TcpListener::bind(listen)
+    let tcp = TcpListener::bind(flags.listen)
         .await
-        .with_context(|| format!("bind --listen {listen}"))?;
-    let ws = match args.ws_listen {
+        .with_context(|| format!("binding --listen {}", flags.listen))?;
+    let ws = match flags.ws_listen {
         Some(a) => Some(
             TcpListener::bind(a)
                 .await
-                .with_context(|| format!("bind --ws-listen {a}"))?,
+                .with_context(|| format!("binding --ws-listen {a}"))?,
         ),
         None => None,
     };
-    info!(
-        %id,
-        tcp = %tcp.local_addr()?,
-        ws = ?ws.as_ref().map(TcpListener::local_addr),
-        "gateway listening"
-    );
-    gw.run(Listeners { tcp: Some(tcp), ws }, first_signal())
-        .await?;
+    let tcp_addr = tcp.local_addr()?;
+    let ws_addr = ws.as_ref().map(TcpListener::local_addr).transpose()?;
+
+    let gw = Gateway::new(config)?;
+    let hub = gw.hub();
+    let agent = if flags.no_register {
+        None
+    } else {
+        let a = agent::start(flags.agent(flags.addrs(tcp_addr, ws_addr)?)?)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("registering in etcd (use --no-register to run without etcd): {e}")
+            })?;
+        tokio::spawn(report_load(hub.clone(), a.clone()));
+        Some(a)
+    };
+    info!(id = %flags.id, tcp = %tcp_addr, ws = ?ws_addr, registered = agent.is_some(), "gateway listening");
+
+    let shutdown = async {
+        let why = drain_trigger(agent.as_ref()).await;
+        info!(why, "draining (a second signal exits at once)");
+        if let Some(a) = &agent {
+            a.drain().await;
+        }
+    };
+    gw.run(Listeners { tcp: Some(tcp), ws }, shutdown).await?;
+    if let Some(a) = agent {
+        a.set_connections(0);
+        a.shutdown().await.context("revoking the lease")?;
+    }
     info!("drained, exiting");
     Ok(())
 }

@@ -53,10 +53,15 @@ pub(crate) async fn serve(
     shared: Arc<Shared>,
 ) {
     let _ = stream.set_nodelay(true);
+    serve_io(Box::new(stream), peer, websocket, shared).await;
+}
+
+/// [`serve`] on any byte stream (tests use in-memory pipes).
+pub(crate) async fn serve_io(io: BoxIo, peer: SocketAddr, websocket: bool, shared: Arc<Shared>) {
     let cfg = &shared.config;
     let deadline = Instant::now() + cfg.hello_timeout;
     let io: BoxIo = match &shared.tls {
-        Some(acceptor) => match timeout_at(deadline, acceptor.accept(stream)).await {
+        Some(acceptor) => match timeout_at(deadline, acceptor.accept(io)).await {
             Ok(Ok(s)) => Box::new(s),
             Ok(Err(e)) => {
                 debug!(%peer, error = %e, "tls handshake failed");
@@ -64,7 +69,7 @@ pub(crate) async fn serve(
             }
             Err(_) => return closed("hello_timeout"),
         },
-        None => Box::new(stream),
+        None => io,
     };
     let mut transport = if websocket {
         match timeout_at(deadline, Transport::websocket(io, cfg.max_frame)).await {
@@ -339,5 +344,84 @@ async fn session(
         if let Err(ending) = result {
             return ending;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::{AcceptAny, Config, Echo, Hub};
+    use futures::{SinkExt, StreamExt};
+    use switchyard_proto::wire::FrameCodec;
+    use tokio_util::codec::Framed;
+
+    fn shared(config: Config) -> Arc<Shared> {
+        Arc::new(Shared {
+            hub: Hub::new(config.kick_policy, config.capacity),
+            config,
+            app: Arc::new(Echo),
+            auth: Arc::new(AcceptAny),
+            tls: None,
+            next_key: Default::default(),
+        })
+    }
+
+    /// A session over an in-memory pipe; the client end speaks frames.
+    fn pipe(
+        shared: &Arc<Shared>,
+    ) -> (
+        Framed<tokio::io::DuplexStream, FrameCodec>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let task = tokio::spawn(serve_io(Box::new(server), peer, false, shared.clone()));
+        (Framed::new(client, FrameCodec::default()), task)
+    }
+
+    fn hello(id: &str) -> Frame {
+        Frame::Hello(v1::Hello {
+            client_id: id.into(),
+            ..Default::default()
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hello_deadline_is_exact() {
+        let mut cfg = Config::new("gw");
+        cfg.hello_timeout = Duration::from_secs(10);
+        let sh = shared(cfg);
+        let (mut c, task) = pipe(&sh);
+        let start = Instant::now();
+        assert!(c.next().await.is_none(), "closed without a frame");
+        assert_eq!(start.elapsed(), Duration::from_secs(10));
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_clock_counts_client_frames_only() {
+        let mut cfg = Config::new("gw");
+        cfg.heartbeat_interval = Duration::from_secs(30);
+        cfg.idle_timeout = Duration::from_secs(75);
+        let sh = shared(cfg);
+        let (mut c, task) = pipe(&sh);
+        c.send(hello("u1")).await.unwrap();
+        assert!(matches!(c.next().await, Some(Ok(Frame::Welcome(_)))));
+        let start = Instant::now();
+        // A ping at 60 s moves the deadline to 135 s; pushes in between do not.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        c.send(Frame::Ping(bytes::Bytes::new())).await.unwrap();
+        assert!(matches!(c.next().await, Some(Ok(Frame::Pong(_)))));
+        for _ in 0..7 {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            sh.hub
+                .push("u1", bytes::Bytes::from_static(b"news"))
+                .unwrap();
+            assert!(matches!(c.next().await, Some(Ok(Frame::Data { .. }))));
+        }
+        assert!(c.next().await.is_none(), "reaped");
+        assert_eq!(start.elapsed(), Duration::from_secs(135));
+        task.await.unwrap();
+        assert_eq!(sh.hub.connections(), 0);
     }
 }
