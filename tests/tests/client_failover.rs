@@ -334,3 +334,32 @@ async fn drain_with_goaway_moves_every_client_inside_the_window() {
         c.close().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_link_carries_data_and_fails_over() {
+    init_tracing();
+    let (mut a, b) = two_gateways().await;
+    let client = fast_client("ws-1")
+        .protocol(switchyard_client::Protocol::Ws)
+        .bootstrap([
+            switchyard_client::Gateway::new(&a.id, &a.ws),
+            switchyard_client::Gateway::new(&b.id, &b.ws),
+        ])
+        .build()
+        .unwrap();
+    let mut messages = client.connect().await.unwrap();
+    assert_eq!(client.gateway().as_deref(), Some("gw-a"));
+    client.send("over ws").await.unwrap().await.unwrap();
+    let echo = tokio::time::timeout(Duration::from_secs(2), messages.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&echo[..], b"over ws");
+    a.child.kill();
+    assert_eq!(
+        wait_connected(&client, Some("gw-a"), Duration::from_secs(5)).await,
+        "gw-b"
+    );
+    client.send("after").await.unwrap().await.unwrap();
+    client.close().await;
+}
