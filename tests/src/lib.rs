@@ -3,11 +3,13 @@
 //! bounded polling.
 //!
 //! # Layout
+//! - [`agent`]: the `switchyard-agent` sidecar as a process, its record and metrics.
 //! - [`cluster`]: [`Cluster`], etcd + routers + reference gateways as processes.
 //! - [`etcd`]: [`Etcd`] (start, stop, restart on the same ports and data) and [`EtcdCluster`].
 //! - [`proxy`]: [`CutProxy`], a loopback TCP proxy whose links can be cut and restored.
 //! - [`process`]: [`bin_path`] and [`Child`], workspace binaries as separate OS processes.
 //! - [`eventually`]: bounded polling for scenario assertions.
+//! - [`rawclient`]: a raw-socket contract-3 client and an in-process gateway, for gateway tests.
 //! - [`client_kit`]: standalone gateway processes, a client preset and event waits for the
 //!   client scenarios.
 //!
@@ -15,11 +17,13 @@
 //! loudly (it never skips): run `.ci/run` or install Debian's `etcd-server`.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod client_kit;
 pub mod cluster;
 pub mod etcd;
 pub mod process;
 pub mod proxy;
+pub mod rawclient;
 
 pub use cluster::{Cluster, GatewaySpec};
 pub use etcd::{Etcd, EtcdCluster};

@@ -1,0 +1,858 @@
+//! Pure ranking (DESIGN contract 2): candidates, locality tiers with spill, sticky first
+//! place by bounded-load rendezvous hashing, further places by two random choices over
+//! headroom, slow start. No I/O and no clock: the same view, request and seed always give
+//! the same answer, which is what makes two router replicas agree on first places.
+
+use serde::Deserialize;
+
+/// Ranking knobs; every field has a default (see [`Params::default`]).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Params {
+    /// Bounded load `c`: a gateway whose utilisation would exceed `c ×` the pool's mean
+    /// utilisation is skipped for first place, so sticky hashing cannot overload one
+    /// gateway (consistent hashing with bounded loads). Default 1.25.
+    pub bound: f64,
+    /// Slow-start window in milliseconds: a gateway younger than this gets a reduced share
+    /// of new clients so a cold process is not flooded the moment it registers. Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub slow_start: std::time::Duration,
+    /// Smallest share factor during slow start (Envoy's `min_weight_percent`), so a new
+    /// gateway gets some traffic at once. Default 0.1.
+    pub slow_start_min: f64,
+    /// Curve of the ramp: factor = `(age / window)^(1 / aggression)`; 1.0 is linear.
+    pub slow_start_aggression: f64,
+    /// Panic threshold: a locality tier whose healthy share falls below this spills into
+    /// the next tier (Envoy's 50 %), so a mostly-dead zone does not take all its clients.
+    pub panic_threshold: f64,
+    /// A tier whose free capacity (share of its capacity) is below this also spills, so a
+    /// full zone sends newcomers to the region instead of past its limit. Default 0.05.
+    pub min_tier_headroom: f64,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Self {
+            bound: 1.25,
+            slow_start: std::time::Duration::from_secs(30),
+            slow_start_min: 0.1,
+            slow_start_aggression: 1.0,
+            panic_threshold: 0.5,
+            min_tier_headroom: 0.05,
+        }
+    }
+}
+
+impl Params {
+    /// Checks the values make sense; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.bound.is_finite() && self.bound >= 1.0) {
+            return Err(format!("ranking.bound must be >= 1.0, got {}", self.bound));
+        }
+        if !(0.0..=1.0).contains(&self.slow_start_min) {
+            return Err("ranking.slow_start_min must be within 0..=1".into());
+        }
+        if !(self.slow_start_aggression.is_finite() && self.slow_start_aggression > 0.0) {
+            return Err("ranking.slow_start_aggression must be > 0".into());
+        }
+        if !(0.0..=1.0).contains(&self.panic_threshold) {
+            return Err("ranking.panic_threshold must be within 0..=1".into());
+        }
+        if !(0.0..=1.0).contains(&self.min_tier_headroom) {
+            return Err("ranking.min_tier_headroom must be within 0..=1".into());
+        }
+        Ok(())
+    }
+}
+
+/// The transport a client will use; a gateway needs an address for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// Length-prefixed frames over TCP.
+    Tcp,
+    /// WebSocket.
+    Ws,
+}
+
+impl Protocol {
+    /// `""`/`"tcp"` → TCP, `"ws"` → WebSocket, anything else is refused.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "" | "tcp" => Some(Self::Tcp),
+            "ws" => Some(Self::Ws),
+            _ => None,
+        }
+    }
+
+    /// The name used in records and requests.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Ws => "ws",
+        }
+    }
+}
+
+/// One gateway as ranking sees it: the static part of a registry record, precomputed
+/// when the snapshot is built so a Route does no parsing or hashing per candidate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    /// Gateway id (for `exclude` and explanations).
+    pub id: String,
+    /// Stable hash of the id, the gateway's half of the rendezvous score.
+    pub id_hash: u64,
+    /// Region, for locality tiers.
+    pub region: String,
+    /// Zone, for locality tiers.
+    pub zone: String,
+    /// Has a TCP address.
+    pub has_tcp: bool,
+    /// Has a WebSocket address.
+    pub has_ws: bool,
+    /// Connections it is sized for (≥ 1).
+    pub capacity: u64,
+    /// Relative share at equal utilisation (100 = normal).
+    pub weight: u32,
+    /// Connections in its last report.
+    pub connections: u64,
+    /// Reported `serving` (not draining, not unhealthy).
+    pub serving: bool,
+    /// Agent-side drain (`state == draining`): deliberate, so it does not count against
+    /// the tier's healthy share.
+    pub draining: bool,
+    /// `P/drain/<id>` exists.
+    pub ops_drained: bool,
+    /// Process start, Unix ms; `None` = unknown, treated as warmed up.
+    pub started_at_ms: Option<i64>,
+}
+
+/// What changes between snapshots without a registry write: hand-outs not yet reflected in
+/// a report, and outlier ejection. Indexed like the candidate slice.
+pub trait Live {
+    /// Clients handed this gateway since its last load report.
+    fn pending(&self, index: usize) -> u64;
+    /// Currently ejected after client failure reports.
+    fn ejected(&self, index: usize) -> bool;
+}
+
+/// One Route question, already validated.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// Drives the sticky first place.
+    pub client_id: &'a str,
+    /// Preferred region (from the request or the CIDR table); empty = none.
+    pub region: &'a str,
+    /// Preferred zone; empty = none.
+    pub zone: &'a str,
+    /// Transport the client will use.
+    pub protocol: Protocol,
+    /// Answer length, 1..=16.
+    pub limit: usize,
+    /// Ids the client must not get back.
+    pub exclude: &'a [String],
+    /// Wall clock, Unix ms (slow start).
+    pub now_ms: i64,
+    /// Randomness for the two-choice places; anything, but fixed for a deterministic answer.
+    pub seed: u64,
+}
+
+/// Locality of a candidate relative to the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Tier {
+    /// Same zone (and region, when both are named).
+    Zone = 0,
+    /// Same region.
+    Region = 1,
+    /// Everything else.
+    Other = 2,
+}
+
+impl Tier {
+    /// Name used in explanations.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Zone => "zone",
+            Self::Region => "region",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// Why a gateway got its place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// Highest rendezvous score under the load bound.
+    Sticky,
+    /// Every gateway of the pool was over the bound; highest rendezvous score anyway.
+    StickyOverBound,
+    /// Won a two-random-choices draw on headroom.
+    Headroom,
+}
+
+/// One place in the answer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Placed {
+    /// Index into the candidate slice.
+    pub index: usize,
+    /// Its locality tier.
+    pub tier: Tier,
+    /// Higher is better; only the order matters.
+    pub score: f64,
+    /// Why it is here.
+    pub reason: Reason,
+}
+
+/// Nothing routable, with counts that explain why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "no gateway routable: {registered} registered, {no_address} without a {protocol} address, \
+     {not_serving} not serving, {ops_drained} drained by ops, {ejected} ejected, {excluded} excluded by the client"
+)]
+pub struct NoRoute {
+    /// Gateways in the snapshot.
+    pub registered: usize,
+    /// Requested protocol.
+    pub protocol: &'static str,
+    /// Without an address for the protocol.
+    pub no_address: usize,
+    /// Draining or unhealthy.
+    pub not_serving: usize,
+    /// Ops drain present.
+    pub ops_drained: usize,
+    /// Ejected by failure reports.
+    pub ejected: usize,
+    /// In the request's `exclude`.
+    pub excluded: usize,
+}
+
+/// Why a candidate cannot be handed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filtered {
+    /// No address for the requested protocol.
+    NoAddress,
+    /// Reported draining or unhealthy.
+    NotServing,
+    /// `P/drain/<id>` exists.
+    OpsDrained,
+    /// Ejected after client failure reports.
+    Ejected,
+    /// Named in the request's `exclude`.
+    Excluded,
+}
+
+impl Filtered {
+    /// Text for explanations.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoAddress => "no address for the protocol",
+            Self::NotServing => "not serving",
+            Self::OpsDrained => "drained by ops",
+            Self::Ejected => "ejected after client failures",
+            Self::Excluded => "excluded by the client",
+        }
+    }
+}
+
+/// Why a candidate is filtered out before locality, or `None` when it is eligible.
+pub fn filter(c: &Candidate, ejected: bool, req: &Request<'_>) -> Option<Filtered> {
+    let has_addr = match req.protocol {
+        Protocol::Tcp => c.has_tcp,
+        Protocol::Ws => c.has_ws,
+    };
+    if !has_addr {
+        Some(Filtered::NoAddress)
+    } else if c.ops_drained {
+        Some(Filtered::OpsDrained)
+    } else if !c.serving {
+        Some(Filtered::NotServing)
+    } else if ejected {
+        Some(Filtered::Ejected)
+    } else if req.exclude.iter().any(|e| *e == c.id) {
+        Some(Filtered::Excluded)
+    } else {
+        None
+    }
+}
+
+/// Locality tier of `c` for `req`.
+pub fn tier(c: &Candidate, req: &Request<'_>) -> Tier {
+    let region_ok = req.region.is_empty() || c.region == req.region;
+    if !req.zone.is_empty() && c.zone == req.zone && region_ok {
+        Tier::Zone
+    } else if !req.region.is_empty() && c.region == req.region {
+        Tier::Region
+    } else {
+        Tier::Other
+    }
+}
+
+/// Slow-start share factor in `[slow_start_min, 1]` for a gateway started at `started_at_ms`.
+pub fn slow_start_factor(p: &Params, started_at_ms: Option<i64>, now_ms: i64) -> f64 {
+    let window = p.slow_start.as_millis() as f64;
+    let Some(start) = started_at_ms else {
+        return 1.0;
+    };
+    if window <= 0.0 {
+        return 1.0;
+    }
+    let age = (now_ms - start).max(0) as f64;
+    if age >= window {
+        return 1.0;
+    }
+    (age / window)
+        .powf(1.0 / p.slow_start_aggression)
+        .max(p.slow_start_min)
+}
+
+/// Ranks `cands` for `req` into `out` (cleared first). `scratch` is reused between calls so
+/// a Route allocates nothing per candidate.
+pub fn rank(
+    cands: &[Candidate],
+    live: &impl Live,
+    req: &Request<'_>,
+    p: &Params,
+    scratch: &mut Vec<usize>,
+    out: &mut Vec<Placed>,
+) -> Result<(), NoRoute> {
+    out.clear();
+    scratch.clear();
+    let mut no_route = NoRoute {
+        registered: cands.len(),
+        protocol: req.protocol.as_str(),
+        no_address: 0,
+        not_serving: 0,
+        ops_drained: 0,
+        ejected: 0,
+        excluded: 0,
+    };
+    // Per tier: gateways that count for the healthy share, healthy ones, and the load and
+    // capacity of the eligible ones (for headroom).
+    let mut total = [0usize; 3];
+    let mut healthy = [0usize; 3];
+    let mut load = [0u64; 3];
+    let mut cap = [0u64; 3];
+    for (i, c) in cands.iter().enumerate() {
+        let ejected = live.ejected(i);
+        let filtered = filter(c, ejected, req);
+        match filtered {
+            Some(Filtered::NoAddress) => {
+                no_route.no_address += 1;
+                continue;
+            }
+            Some(Filtered::OpsDrained) => {
+                no_route.ops_drained += 1;
+                continue;
+            }
+            // A deliberate drain says nothing about the tier's health.
+            Some(Filtered::NotServing) if c.draining => {
+                no_route.not_serving += 1;
+                continue;
+            }
+            _ => {}
+        }
+        let t = tier(c, req) as usize;
+        total[t] += 1;
+        match filtered {
+            None => {
+                healthy[t] += 1;
+                load[t] += c.connections + live.pending(i);
+                cap[t] += c.capacity;
+                scratch.push(i);
+            }
+            Some(Filtered::Excluded) => {
+                // The client's own exclusion says nothing about the tier's health either.
+                healthy[t] += 1;
+                no_route.excluded += 1;
+            }
+            Some(Filtered::Ejected) => no_route.ejected += 1,
+            Some(_) => no_route.not_serving += 1,
+        }
+    }
+    if scratch.is_empty() {
+        return Err(no_route);
+    }
+    // Pools: a tier that is mostly down or full merges into the next one (spill).
+    let mut pool_of = [0u8; 3];
+    let mut pool = 0u8;
+    for t in 0..3 {
+        pool_of[t] = pool;
+        let share_ok = total[t] > 0 && healthy[t] as f64 >= p.panic_threshold * total[t] as f64;
+        let headroom_ok = cap[t] > 0
+            && (cap[t].saturating_sub(load[t])) as f64 >= p.min_tier_headroom * cap[t] as f64;
+        if share_ok && headroom_ok {
+            pool += 1;
+        }
+    }
+    let pool_key = |i: usize| pool_of[tier(&cands[i], req) as usize];
+    scratch.sort_by_key(|&i| (pool_key(i), i));
+
+    let client_hash = stable_hash(req.client_id.as_bytes());
+    let mut rng = SplitMix(req.seed ^ client_hash);
+    let limit = req.limit.max(1);
+    let mut start = 0;
+    while start < scratch.len() && out.len() < limit {
+        let this_pool = pool_key(scratch[start]);
+        let mut end = start;
+        while end < scratch.len() && pool_key(scratch[end]) == this_pool {
+            end += 1;
+        }
+        let seg = &mut scratch[start..end];
+        let mut a = 0;
+        if out.is_empty() {
+            let (pos, reason) = first_place(cands, live, req, p, client_hash, seg);
+            seg.swap(0, pos);
+            let i = seg[0];
+            out.push(Placed {
+                index: i,
+                tier: tier(&cands[i], req),
+                score: 0.0,
+                reason,
+            });
+            a = 1;
+        }
+        while a < seg.len() && out.len() < limit {
+            let rest = seg.len() - a;
+            let pick = if rest == 1 {
+                a
+            } else {
+                let x = a + (rng.next() % rest as u64) as usize;
+                let mut y = a + (rng.next() % (rest as u64 - 1)) as usize;
+                if y >= x {
+                    y += 1;
+                }
+                let hx = headroom_score(cands, live, req, p, seg[x]);
+                let hy = headroom_score(cands, live, req, p, seg[y]);
+                if hy > hx || (hy == hx && seg[y] < seg[x]) {
+                    y
+                } else {
+                    x
+                }
+            };
+            seg.swap(a, pick);
+            let i = seg[a];
+            out.push(Placed {
+                index: i,
+                tier: tier(&cands[i], req),
+                score: 0.0,
+                reason: Reason::Headroom,
+            });
+            a += 1;
+        }
+        start = end;
+    }
+    let n = out.len();
+    for (rank, placed) in out.iter_mut().enumerate() {
+        placed.score = (n - rank) as f64;
+    }
+    Ok(())
+}
+
+/// Rendezvous choice inside one pool, skipping gateways over the load bound. Returns the
+/// position in `seg`.
+fn first_place(
+    cands: &[Candidate],
+    live: &impl Live,
+    req: &Request<'_>,
+    p: &Params,
+    client_hash: u64,
+    seg: &[usize],
+) -> (usize, Reason) {
+    let (mut pool_load, mut pool_cap) = (0u64, 0u64);
+    for &i in seg {
+        pool_load += cands[i].connections + live.pending(i);
+        pool_cap += cands[i].capacity;
+    }
+    let mut best: Option<(usize, f64)> = None;
+    let mut best_any: (usize, f64) = (0, f64::NEG_INFINITY);
+    for (pos, &i) in seg.iter().enumerate() {
+        let c = &cands[i];
+        let w = c.capacity as f64
+            * f64::from(c.weight)
+            * slow_start_factor(p, c.started_at_ms, req.now_ms);
+        let s = hrw_score(client_hash, c.id_hash, w);
+        if s > best_any.1 {
+            best_any = (pos, s);
+        }
+        let this_load = c.connections + live.pending(i);
+        if within_bound(p.bound, this_load, c.capacity, pool_load, pool_cap)
+            && best.is_none_or(|(_, b)| s > b)
+        {
+            best = Some((pos, s));
+        }
+    }
+    match best {
+        Some((pos, _)) => (pos, Reason::Sticky),
+        None => (best_any.0, Reason::StickyOverBound),
+    }
+}
+
+/// Consistent hashing with bounded loads, weighted by capacity: one more client on this
+/// gateway must keep it within `ceil(c × (pool load + 1) × capacity / pool capacity)`.
+pub fn within_bound(c: f64, load: u64, capacity: u64, pool_load: u64, pool_cap: u64) -> bool {
+    if pool_cap == 0 {
+        return true;
+    }
+    let allowed = (c * (pool_load + 1) as f64 * capacity as f64 / pool_cap as f64).ceil();
+    (load + 1) as f64 <= allowed
+}
+
+/// Free share of capacity, scaled down during slow start (and by weight) so a cold or
+/// light gateway wins fewer draws.
+fn headroom_score(
+    cands: &[Candidate],
+    live: &impl Live,
+    req: &Request<'_>,
+    p: &Params,
+    i: usize,
+) -> f64 {
+    let c = &cands[i];
+    let load = (c.connections + live.pending(i)) as f64;
+    let headroom = 1.0 - load / c.capacity as f64;
+    if headroom <= 0.0 {
+        return headroom;
+    }
+    headroom * slow_start_factor(p, c.started_at_ms, req.now_ms) * f64::from(c.weight) / 100.0
+}
+
+/// Weighted rendezvous score (the logarithmic method): each gateway wins a client with
+/// probability proportional to `weight`, and removing one gateway moves only its clients.
+pub fn hrw_score(client_hash: u64, id_hash: u64, weight: f64) -> f64 {
+    let h = mix64(client_hash ^ mix64(id_hash));
+    // Uniform in (0, 1): 53 random bits, never 0 or 1.
+    let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    weight / -u.ln()
+}
+
+/// FNV-1a followed by a SplitMix64 finaliser: stable across platforms, Rust releases and
+/// router replicas (std's `DefaultHasher` promises none of that).
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    mix64(h)
+}
+
+fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Tiny deterministic generator for the two-choice draws.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        mix64(self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    struct Fixed {
+        pending: Vec<u64>,
+        ejected: Vec<bool>,
+    }
+
+    impl Live for Fixed {
+        fn pending(&self, i: usize) -> u64 {
+            self.pending[i]
+        }
+        fn ejected(&self, i: usize) -> bool {
+            self.ejected[i]
+        }
+    }
+
+    fn none(n: usize) -> Fixed {
+        Fixed {
+            pending: vec![0; n],
+            ejected: vec![false; n],
+        }
+    }
+
+    fn gw(id: &str, region: &str, zone: &str, capacity: u64) -> Candidate {
+        Candidate {
+            id: id.into(),
+            id_hash: stable_hash(id.as_bytes()),
+            region: region.into(),
+            zone: zone.into(),
+            has_tcp: true,
+            has_ws: false,
+            capacity,
+            weight: 100,
+            connections: 0,
+            serving: true,
+            draining: false,
+            ops_drained: false,
+            started_at_ms: None,
+        }
+    }
+
+    fn req<'a>(client: &'a str, exclude: &'a [String]) -> Request<'a> {
+        Request {
+            client_id: client,
+            region: "",
+            zone: "",
+            protocol: Protocol::Tcp,
+            limit: 3,
+            exclude,
+            now_ms: 1_000_000,
+            seed: 7,
+        }
+    }
+
+    fn ids(cands: &[Candidate], out: &[Placed]) -> Vec<String> {
+        out.iter().map(|p| cands[p.index].id.clone()).collect()
+    }
+
+    fn run(cands: &[Candidate], live: &Fixed, r: &Request<'_>) -> Result<Vec<Placed>, NoRoute> {
+        let mut out = Vec::new();
+        rank(cands, live, r, &Params::default(), &mut Vec::new(), &mut out).map(|()| out)
+    }
+
+    #[test]
+    fn stable_hash_is_pinned() {
+        // Replicas and releases must agree: these values may never change.
+        // (Values computed by an independent implementation of FNV-1a + SplitMix64.)
+        assert_eq!(mix64(1), 0x5692_161d_100b_05e5);
+        assert_eq!(stable_hash(b"client-1"), 0x38b3_fd24_3825_1cb2);
+        assert_eq!(stable_hash(b"gw-1"), 0xc895_8ab6_15f1_6fb4);
+    }
+
+    #[test]
+    fn filters_every_kind_of_unroutable_gateway() {
+        let mut c = vec![
+            gw("a", "", "", 10),
+            gw("b", "", "", 10),
+            gw("c", "", "", 10),
+            gw("d", "", "", 10),
+            gw("e", "", "", 10),
+            gw("f", "", "", 10),
+        ];
+        c[0].serving = false;
+        c[1].ops_drained = true;
+        c[2].has_tcp = false;
+        c[3].serving = false;
+        c[3].draining = true;
+        let mut live = none(6);
+        live.ejected[4] = true;
+        let ex = vec!["f".to_string()];
+        let err = run(&c, &live, &req("u", &ex)).unwrap_err();
+        assert_eq!(
+            (err.not_serving, err.ops_drained, err.no_address, err.ejected, err.excluded),
+            (2, 1, 1, 1, 1)
+        );
+        assert!(err.to_string().contains("6 registered"), "{err}");
+        let out = run(&c, &live, &req("u", &[])).unwrap();
+        assert_eq!(ids(&c, &out), vec!["f"]);
+    }
+
+    #[test]
+    fn zone_then_region_then_rest() {
+        let c = vec![
+            gw("other", "eu", "x", 100),
+            gw("region", "cn", "b", 100),
+            gw("zone", "cn", "a", 100),
+        ];
+        let mut r = req("u", &[]);
+        r.region = "cn";
+        r.zone = "a";
+        let out = run(&c, &none(3), &r).unwrap();
+        assert_eq!(ids(&c, &out), vec!["zone", "region", "other"]);
+        assert_eq!(
+            out.iter().map(|p| p.tier).collect::<Vec<_>>(),
+            vec![Tier::Zone, Tier::Region, Tier::Other]
+        );
+        assert!(out[0].score > out[1].score && out[1].score > out[2].score);
+    }
+
+    #[test]
+    fn mostly_dead_zone_spills_into_region() {
+        // Zone a: 1 of 3 healthy (below 50 %): its survivor competes with the region.
+        let mut c = vec![
+            gw("a1", "cn", "a", 100),
+            gw("a2", "cn", "a", 100),
+            gw("a3", "cn", "a", 100),
+            gw("b1", "cn", "b", 100),
+            gw("b2", "cn", "b", 100),
+        ];
+        c[0].serving = false;
+        c[1].serving = false;
+        let mut firsts = std::collections::HashMap::new();
+        for n in 0..300 {
+            let client = format!("c{n}");
+            let mut r = req(&client, &[]);
+            r.region = "cn";
+            r.zone = "a";
+            let out = run(&c, &none(5), &r).unwrap();
+            *firsts.entry(c[out[0].index].id.clone()).or_insert(0) += 1;
+        }
+        assert!(firsts.get("b1").copied().unwrap_or(0) > 50, "{firsts:?}");
+        assert!(firsts.get("a3").copied().unwrap_or(0) > 50, "{firsts:?}");
+        // With 2 of 3 healthy the zone keeps its clients.
+        c[1].serving = true;
+        for n in 0..100 {
+            let client = format!("c{n}");
+            let mut r = req(&client, &[]);
+            r.region = "cn";
+            r.zone = "a";
+            let out = run(&c, &none(5), &r).unwrap();
+            assert_eq!(out[0].tier, Tier::Zone);
+        }
+    }
+
+    #[test]
+    fn full_zone_spills() {
+        let mut c = vec![gw("a1", "cn", "a", 100), gw("b1", "cn", "b", 100)];
+        c[0].connections = 99;
+        let mut firsts = std::collections::HashSet::new();
+        for n in 0..50 {
+            let client = format!("c{n}");
+            let mut r = req(&client, &[]);
+            r.region = "cn";
+            r.zone = "a";
+            let out = run(&c, &none(2), &r).unwrap();
+            firsts.insert(c[out[0].index].id.clone());
+        }
+        // Spilled into one pool, where a1 is over the load bound.
+        assert_eq!(firsts.into_iter().collect::<Vec<_>>(), vec!["b1".to_string()]);
+    }
+
+    #[test]
+    fn slow_start_ramps() {
+        let p = Params::default();
+        assert_eq!(slow_start_factor(&p, None, 5), 1.0);
+        assert_eq!(slow_start_factor(&p, Some(0), 0), 0.1);
+        assert!((slow_start_factor(&p, Some(0), 15_000) - 0.5).abs() < 1e-9);
+        assert_eq!(slow_start_factor(&p, Some(0), 60_000), 1.0);
+        // A brand-new gateway gets far fewer first places than its capacity share.
+        let mut c = vec![gw("old", "", "", 100), gw("new", "", "", 100)];
+        c[1].started_at_ms = Some(1_000_000);
+        let new_wins = (0..1000)
+            .filter(|n| {
+                let client = format!("c{n}");
+                run(&c, &none(2), &req(&client, &[])).unwrap()[0].index == 1
+            })
+            .count();
+        assert!(new_wins < 200, "{new_wins}");
+    }
+
+    #[test]
+    fn bound_formula() {
+        assert!(within_bound(1.25, 0, 10, 0, 100));
+        assert!(!within_bound(1.25, 20, 10, 100, 100));
+        assert!(within_bound(1.25, 12, 10, 100, 100));
+    }
+
+    fn arb_cands() -> impl Strategy<Value = (Vec<Candidate>, Vec<bool>, Vec<u64>)> {
+        proptest::collection::vec(
+            (
+                0u8..3,
+                0u8..3,
+                1u64..1000,
+                0u64..1200,
+                any::<bool>(),
+                any::<bool>(),
+                any::<bool>(),
+                0u64..50,
+                1u32..300,
+            ),
+            1..20,
+        )
+        .prop_map(|v| {
+            let mut cands = Vec::new();
+            let mut ej = Vec::new();
+            let mut pend = Vec::new();
+            for (n, (r, z, cap, conns, serving, drained, ejected, pending, weight)) in
+                v.into_iter().enumerate()
+            {
+                let mut c = gw(&format!("g{n}"), &format!("r{r}"), &format!("z{z}"), cap);
+                c.connections = conns;
+                c.serving = serving || n == 0;
+                c.ops_drained = drained && n != 0;
+                c.weight = weight;
+                cands.push(c);
+                ej.push(ejected && n != 0);
+                pend.push(pending);
+            }
+            (cands, ej, pend)
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn never_returns_a_filtered_gateway_and_respects_limit(
+            (cands, ej, pend) in arb_cands(), limit in 1usize..17, seed: u64, client in "[a-z]{1,8}",
+        ) {
+            let live = Fixed { pending: pend, ejected: ej.clone() };
+            let ex = vec!["g1".to_string()];
+            let mut r = req(&client, &ex);
+            r.limit = limit;
+            r.seed = seed;
+            r.region = "r1";
+            r.zone = "z1";
+            let out = run(&cands, &live, &r).unwrap_or_default();
+            let eligible = (0..cands.len()).filter(|&i| filter(&cands[i], ej[i], &r).is_none()).count();
+            prop_assert_eq!(out.len(), eligible.min(limit));
+            let mut seen = std::collections::HashSet::new();
+            for p in &out {
+                prop_assert!(filter(&cands[p.index], ej[p.index], &r).is_none());
+                prop_assert!(seen.insert(p.index));
+            }
+        }
+
+        #[test]
+        fn first_place_does_not_depend_on_the_seed(
+            (cands, ej, pend) in arb_cands(), s1: u64, s2: u64, client in "[a-z]{1,8}",
+        ) {
+            let live = Fixed { pending: pend, ejected: ej };
+            let mut r = req(&client, &[]);
+            r.seed = s1;
+            let a = run(&cands, &live, &r);
+            r.seed = s2;
+            let b = run(&cands, &live, &r);
+            prop_assert_eq!(a.map(|o| o[0].index).ok(), b.map(|o| o[0].index).ok());
+        }
+
+        #[test]
+        fn removing_another_gateway_keeps_the_first_place(
+            n in 3usize..12, client in "[a-z]{1,8}", drop_pick: usize,
+        ) {
+            let cands: Vec<_> = (0..n).map(|i| gw(&format!("g{i}"), "", "", 1000)).collect();
+            let first = run(&cands, &none(n), &req(&client, &[])).unwrap()[0].index;
+            let drop_i = (0..n).filter(|&i| i != first).nth(drop_pick % (n - 1)).unwrap();
+            let fewer: Vec<_> = cands.iter().enumerate().filter(|(i, _)| *i != drop_i).map(|(_, c)| c.clone()).collect();
+            let again = run(&fewer, &none(n - 1), &req(&client, &[])).unwrap()[0].index;
+            prop_assert_eq!(&fewer[again].id, &cands[first].id);
+        }
+
+        #[test]
+        fn bounded_load_keeps_max_under_c_times_mean(
+            caps in proptest::collection::vec(1u64..5, 2..8), clients in 200usize..600,
+        ) {
+            // Everyone counts its own hand-outs (one router): max utilisation stays within
+            // c × mean plus one client's worth.
+            let cands: Vec<_> = caps.iter().enumerate().map(|(i, &c)| gw(&format!("g{i}"), "", "", c * 100)).collect();
+            let mut live = none(cands.len());
+            for n in 0..clients {
+                let client = format!("c{n}");
+                let out = run(&cands, &live, &req(&client, &[])).unwrap();
+                live.pending[out[0].index] += 1;
+            }
+            let total: u64 = live.pending.iter().sum();
+            let cap: u64 = cands.iter().map(|c| c.capacity).sum();
+            let mean = total as f64 / cap as f64;
+            for (i, c) in cands.iter().enumerate() {
+                let util = live.pending[i] as f64 / c.capacity as f64;
+                prop_assert!(util <= 1.25 * mean + 1.0 / c.capacity as f64 + 1e-9,
+                    "{} util {} mean {}", c.id, util, mean);
+            }
+        }
+    }
+}

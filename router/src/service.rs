@@ -1,0 +1,570 @@
+//! The gRPC services (`switchyard.v1.Router`, `switchyard.v1.Admin`): validation, auth,
+//! locality of the caller, and a thin shell around [`crate::ranking`].
+
+use std::cell::RefCell;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Instant;
+
+use futures::Stream;
+use switchyard_proto::v1::{
+    self as pb, DrainRequest, DrainResponse, Explanation, GatewaysUpdate, ListGatewaysRequest,
+    ListGatewaysResponse, RouteRequest, RouteResponse, RoutedGateway, UndrainRequest,
+    UndrainResponse, WatchGatewaysRequest,
+};
+use switchyard_registry::etcd_client::Client;
+use switchyard_registry::{DrainRecord, GatewayId, Prefix, view as registry_view};
+use tokio::sync::{mpsc, watch};
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status};
+
+use crate::config::Config;
+use crate::ranking::{self, Placed, Protocol};
+use crate::view::{Current, Gateway, Handouts, LiveView, Outliers, View, now_ms};
+
+/// Longest accepted `client_id` (DESIGN contract 2).
+pub const MAX_CLIENT_ID: usize = 256;
+/// Largest `limit`.
+pub const MAX_LIMIT: u32 = 16;
+/// `limit` when the request leaves it at 0.
+pub const DEFAULT_LIMIT: u32 = 3;
+/// Most `exclude` entries and most `failures` per request; more is refused, not truncated.
+pub const MAX_LIST: usize = 64;
+/// Longest region, zone, network or reason string.
+pub const MAX_FIELD: usize = 256;
+
+/// Everything the services share.
+pub struct State {
+    /// Validated configuration.
+    pub config: Config,
+    /// Registry prefix.
+    pub prefix: Prefix,
+    /// etcd client for Admin writes.
+    pub client: Client,
+    /// The view every Route reads.
+    pub current: Current,
+    /// The same views as a change feed, for WatchGateways.
+    pub changes: watch::Sender<Arc<View>>,
+    /// Client → gateway hand-outs in the pending window.
+    pub handouts: Handouts,
+    /// Failure reports and ejections.
+    pub outliers: Outliers,
+    /// When etcd last answered (Unix ms, 0 = never): the age of what we serve.
+    pub contact_ms: AtomicI64,
+    /// Whether the watch stream is up right now.
+    pub connected: AtomicBool,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("prefix", &self.prefix)
+            .field("revision", &self.current.load().revision)
+            .finish_non_exhaustive()
+    }
+}
+
+impl State {
+    /// How old the served view is: time since etcd last answered.
+    pub fn snapshot_age_ms(&self, now: i64) -> u64 {
+        match self.contact_ms.load(Ordering::Relaxed) {
+            0 => 0,
+            t => (now - t).max(0) as u64,
+        }
+    }
+}
+
+thread_local! {
+    /// Reused ranking buffers: a Route allocates nothing per candidate.
+    static SCRATCH: RefCell<(Vec<usize>, Vec<Placed>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+fn invalid(reason: &'static str, message: String) -> Status {
+    metrics::counter!("switchyard_router_invalid_requests_total", "reason" => reason).increment(1);
+    Status::invalid_argument(message)
+}
+
+fn bearer(meta: &MetadataMap) -> Option<&str> {
+    meta.get("authorization")?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// Compares secrets without leaking the matching prefix length through timing.
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a
+            .bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+fn check_admin<T>(state: &State, req: &Request<T>) -> Result<(), Status> {
+    let token = state.config.admin_token.as_deref();
+    if let (Some(want), Some(got)) = (token, bearer(req.metadata())) {
+        if same_secret(want, got) {
+            return Ok(());
+        }
+    }
+    if state.config.client_ca.is_some() && req.peer_certs().is_some_and(|c| !c.is_empty()) {
+        return Ok(());
+    }
+    metrics::counter!("switchyard_router_auth_failures_total", "service" => "admin").increment(1);
+    if token.is_none() && state.config.client_ca.is_none() {
+        return Err(Status::permission_denied(
+            "admin is disabled: start the router with --admin-token, --admin-token-file or --client-ca",
+        ));
+    }
+    Err(Status::unauthenticated(
+        "admin needs `authorization: Bearer <admin token>` or a client certificate",
+    ))
+}
+
+fn check_route<T>(state: &State, req: &Request<T>) -> Result<(), Status> {
+    let Some(want) = state.config.route_token.as_deref() else {
+        return Ok(());
+    };
+    let got = bearer(req.metadata()).unwrap_or("");
+    let admin = state.config.admin_token.as_deref().unwrap_or("");
+    if same_secret(want, got) || (!admin.is_empty() && same_secret(admin, got)) {
+        return Ok(());
+    }
+    metrics::counter!("switchyard_router_auth_failures_total", "service" => "router").increment(1);
+    Err(Status::unauthenticated(
+        "this router needs `authorization: Bearer <route token>`",
+    ))
+}
+
+/// The caller's IP: the peer, or the client named in `x-forwarded-for` when the peer is a
+/// trusted proxy (the right-most address not itself a trusted proxy).
+pub fn caller_ip(config: &Config, peer: Option<IpAddr>, forwarded: Option<&str>) -> Option<IpAddr> {
+    let peer = peer?;
+    if !config.trusts(peer) {
+        return Some(peer);
+    }
+    let Some(chain) = forwarded else {
+        return Some(peer);
+    };
+    let mut last = peer;
+    for hop in chain.rsplit(',') {
+        let Ok(ip) = hop.trim().parse::<IpAddr>() else {
+            // A garbled hop ends what we can believe.
+            return Some(last);
+        };
+        if !config.trusts(ip) {
+            return Some(ip);
+        }
+        last = ip;
+    }
+    Some(last)
+}
+
+/// `Router` service.
+#[derive(Debug, Clone)]
+pub struct RouterService {
+    /// Shared state.
+    pub state: Arc<State>,
+}
+
+/// `Admin` service.
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    /// Shared state.
+    pub state: Arc<State>,
+}
+
+impl RouterService {
+    fn route_now(&self, req: Request<RouteRequest>) -> Result<RouteResponse, Status> {
+        let state = &*self.state;
+        check_route(state, &req)?;
+        let peer = req.remote_addr().map(|a| a.ip());
+        let forwarded = req
+            .metadata()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let r = req.into_inner();
+        if r.client_id.is_empty() {
+            return Err(invalid("client_id", "client_id is required".into()));
+        }
+        if r.client_id.len() > MAX_CLIENT_ID {
+            return Err(invalid(
+                "client_id",
+                format!(
+                    "client_id is {} bytes; at most {MAX_CLIENT_ID} allowed",
+                    r.client_id.len()
+                ),
+            ));
+        }
+        if r.limit > MAX_LIMIT {
+            return Err(invalid(
+                "limit",
+                format!("limit {} is over the maximum {MAX_LIMIT}", r.limit),
+            ));
+        }
+        let Some(protocol) = Protocol::parse(&r.protocol) else {
+            return Err(invalid(
+                "protocol",
+                format!("protocol {:?} is not tcp or ws", r.protocol),
+            ));
+        };
+        if [&r.region, &r.zone, &r.network]
+            .iter()
+            .any(|s| s.len() > MAX_FIELD)
+        {
+            return Err(invalid(
+                "field",
+                format!("region, zone and network are at most {MAX_FIELD} bytes"),
+            ));
+        }
+        if r.exclude.len() > MAX_LIST || r.failures.len() > MAX_LIST {
+            return Err(invalid(
+                "list",
+                format!("exclude and failures hold at most {MAX_LIST} entries"),
+            ));
+        }
+        let limit = if r.limit == 0 { DEFAULT_LIMIT } else { r.limit } as usize;
+        let now = now_ms();
+        let (mut region, mut zone) = (r.region.as_str(), r.zone.as_str());
+        if region.is_empty() && zone.is_empty() {
+            let ip = caller_ip(&state.config, peer, forwarded.as_deref());
+            if let Some(rule) = ip.and_then(|ip| state.config.locate(ip)) {
+                region = &rule.region;
+                zone = &rule.zone;
+            }
+        }
+        let view = state.current.load();
+        if !view.is_loaded() {
+            return Err(Status::unavailable(
+                "the router has not loaded the registry yet",
+            ));
+        }
+        let client_hash = ranking::stable_hash(r.client_id.as_bytes());
+        for f in &r.failures {
+            if let Some(i) = view.index_of(&f.gateway_id) {
+                let at = if f.at_unix_ms == 0 { now } else { f.at_unix_ms };
+                if state
+                    .outliers
+                    .report(&state.config.outlier, &view, i, client_hash, at, now)
+                {
+                    metrics::counter!("switchyard_router_ejections_total").increment(1);
+                    tracing::warn!(gateway = %f.gateway_id, "gateway ejected after failure reports from several clients");
+                }
+            }
+        }
+        let request = ranking::Request {
+            client_id: &r.client_id,
+            region,
+            zone,
+            protocol,
+            limit,
+            exclude: &r.exclude,
+            now_ms: now,
+            seed: rand::random(),
+        };
+        let live = LiveView {
+            view: &view,
+            now_ms: now,
+        };
+        SCRATCH.with_borrow_mut(|(scratch, out)| {
+            ranking::rank(
+                &view.candidates,
+                &live,
+                &request,
+                &state.config.ranking,
+                scratch,
+                out,
+            )
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+            if let Some(first) = out.first() {
+                state
+                    .handouts
+                    .record(client_hash, &view.gateways[first.index].shared);
+            }
+            let gateways = out
+                .iter()
+                .map(|p| {
+                    let rec = &view.gateways[p.index].record;
+                    RoutedGateway {
+                        id: rec.id.clone(),
+                        address: rec.addr_for(protocol.as_str()).unwrap_or("").to_owned(),
+                        region: rec.region.clone(),
+                        zone: rec.zone.clone(),
+                        score: p.score,
+                    }
+                })
+                .collect();
+            let explanation = if r.explain {
+                explain(&view, &live, &request, out)
+            } else {
+                Vec::new()
+            };
+            let policy = state.config.policy.select(region, &r.network);
+            Ok(RouteResponse {
+                gateways,
+                revision: view.revision,
+                valid_for_ms: state.config.valid_for.as_millis() as u64,
+                policy: Some(policy.to_proto()),
+                explanation,
+                snapshot_age_ms: state.snapshot_age_ms(now),
+            })
+        })
+    }
+}
+
+fn explain(
+    view: &View,
+    live: &LiveView<'_>,
+    req: &ranking::Request<'_>,
+    out: &[Placed],
+) -> Vec<Explanation> {
+    use ranking::Live as _;
+    view.candidates
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            if let Some((rank, p)) = out.iter().enumerate().find(|(_, p)| p.index == i) {
+                let reason = match p.reason {
+                    ranking::Reason::Sticky => "first place: highest rendezvous score under the load bound",
+                    ranking::Reason::StickyOverBound => "first place: every gateway of its tier is over the load bound",
+                    ranking::Reason::Headroom => "won a two-random-choices draw on headroom",
+                };
+                Explanation {
+                    gateway_id: c.id.clone(),
+                    tier: p.tier.as_str().into(),
+                    rank: rank as u32 + 1,
+                    score: p.score,
+                    reason: reason.into(),
+                }
+            } else {
+                let filtered = ranking::filter(c, live.ejected(i), req);
+                Explanation {
+                    gateway_id: c.id.clone(),
+                    tier: if filtered.is_some() {
+                        String::new()
+                    } else {
+                        ranking::tier(c, req).as_str().into()
+                    },
+                    rank: 0,
+                    score: 0.0,
+                    reason: filtered
+                        .map_or("ranked below the limit", ranking::Filtered::as_str)
+                        .into(),
+                }
+            }
+        })
+        .collect()
+}
+
+/// A gateway as `ListGateways` and `WatchGateways` show it.
+pub fn gateway_proto(g: &Gateway) -> pb::Gateway {
+    let r = &g.record;
+    let ejected = g.shared.ejected_until_ms.load(Ordering::Relaxed);
+    pb::Gateway {
+        id: r.id.clone(),
+        state: r.state.as_str().into(),
+        region: r.region.clone(),
+        zone: r.zone.clone(),
+        tcp_addr: r.addrs.tcp.clone().unwrap_or_default(),
+        ws_addr: r.addrs.ws.clone().unwrap_or_default(),
+        capacity: r.capacity,
+        weight: r.weight,
+        connections: r.load.connections,
+        cpu: r.load.cpu,
+        pending: g.shared.pending.load(Ordering::Relaxed),
+        version: r.version.clone(),
+        labels: r.labels.clone().into_iter().collect(),
+        started_at_unix_ms: r.started_at.map_or(0, |t| t.timestamp_millis()),
+        updated_at_unix_ms: r.updated_at.map_or(0, |t| t.timestamp_millis()),
+        ops_drained: g.drain.is_some(),
+        drain_reason: g.drain.as_ref().map(|d| d.reason.clone()).unwrap_or_default(),
+        ejected_until_unix_ms: if ejected > now_ms() { ejected } else { 0 },
+    }
+}
+
+type UpdateStream = Pin<Box<dyn Stream<Item = Result<GatewaysUpdate, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::router_server::Router for RouterService {
+    async fn route(&self, req: Request<RouteRequest>) -> Result<Response<RouteResponse>, Status> {
+        let started = Instant::now();
+        let result = self.route_now(req);
+        let code = match &result {
+            Ok(_) => "ok",
+            Err(s) => match s.code() {
+                tonic::Code::InvalidArgument => "invalid_argument",
+                tonic::Code::Unavailable => "unavailable",
+                tonic::Code::Unauthenticated => "unauthenticated",
+                _ => "other",
+            },
+        };
+        metrics::counter!("switchyard_router_routes_total", "code" => code).increment(1);
+        metrics::histogram!("switchyard_router_route_seconds")
+            .record(started.elapsed().as_secs_f64());
+        result.map(Response::new)
+    }
+
+    async fn list_gateways(
+        &self,
+        req: Request<ListGatewaysRequest>,
+    ) -> Result<Response<ListGatewaysResponse>, Status> {
+        check_route(&self.state, &req)?;
+        let view = self.state.current.load();
+        Ok(Response::new(ListGatewaysResponse {
+            gateways: view.gateways.iter().map(gateway_proto).collect(),
+            revision: view.revision,
+            snapshot_age_ms: self.state.snapshot_age_ms(now_ms()),
+            etcd_connected: self.state.connected.load(Ordering::Relaxed),
+        }))
+    }
+
+    type WatchGatewaysStream = UpdateStream;
+
+    async fn watch_gateways(
+        &self,
+        req: Request<WatchGatewaysRequest>,
+    ) -> Result<Response<UpdateStream>, Status> {
+        check_route(&self.state, &req)?;
+        let mut changes = self.state.changes.subscribe();
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            let mut prev: Option<Arc<View>> = None;
+            loop {
+                let view = changes.borrow_and_update().clone();
+                if view.is_loaded() {
+                    let update = diff(prev.as_deref(), &view);
+                    let send = update.full || !update.upserted.is_empty() || !update.removed.is_empty();
+                    if send && tx.send(Ok(update)).await.is_err() {
+                        return;
+                    }
+                    prev = Some(view);
+                }
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { return },
+                    () = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+/// What changed between two views (everything, as `full`, when there is no previous one).
+pub fn diff(prev: Option<&View>, next: &View) -> GatewaysUpdate {
+    let Some(prev) = prev else {
+        return GatewaysUpdate {
+            revision: next.revision,
+            full: true,
+            upserted: next.gateways.iter().map(gateway_proto).collect(),
+            removed: Vec::new(),
+        };
+    };
+    let upserted = next
+        .gateways
+        .iter()
+        .filter(|g| {
+            prev.index_of(&g.record.id).is_none_or(|i| {
+                let old = &prev.gateways[i];
+                old.record != g.record || old.drain != g.drain
+            })
+        })
+        .map(gateway_proto)
+        .collect();
+    let removed = prev
+        .candidates
+        .iter()
+        .filter(|c| next.index_of(&c.id).is_none())
+        .map(|c| c.id.clone())
+        .collect();
+    GatewaysUpdate {
+        revision: next.revision,
+        full: false,
+        upserted,
+        removed,
+    }
+}
+
+fn gateway_id(id: &str) -> Result<GatewayId, Status> {
+    GatewayId::new(id).map_err(|e| invalid("gateway_id", e.to_string()))
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for AdminService {
+    async fn drain(&self, req: Request<DrainRequest>) -> Result<Response<DrainResponse>, Status> {
+        check_admin(&self.state, &req)?;
+        let r = req.into_inner();
+        let id = gateway_id(&r.gateway_id)?;
+        if r.reason.len() > MAX_FIELD || r.by.len() > MAX_FIELD {
+            return Err(invalid(
+                "field",
+                format!("reason and by are at most {MAX_FIELD} bytes"),
+            ));
+        }
+        let drain = DrainRecord {
+            reason: r.reason,
+            by: if r.by.is_empty() {
+                "switchyardctl".into()
+            } else {
+                r.by
+            },
+            at: Some(chrono::Utc::now()),
+        };
+        let revision = registry_view::put_drain(&self.state.client, &self.state.prefix, &id, &drain)
+            .await
+            .map_err(|e| Status::unavailable(format!("etcd: {e}")))?;
+        tracing::info!(gateway = %id, reason = %drain.reason, by = %drain.by, "ops drain written");
+        Ok(Response::new(DrainResponse { revision }))
+    }
+
+    async fn undrain(
+        &self,
+        req: Request<UndrainRequest>,
+    ) -> Result<Response<UndrainResponse>, Status> {
+        check_admin(&self.state, &req)?;
+        let id = gateway_id(&req.get_ref().gateway_id)?;
+        let existed = registry_view::delete_drain(&self.state.client, &self.state.prefix, &id)
+            .await
+            .map_err(|e| Status::unavailable(format!("etcd: {e}")))?;
+        tracing::info!(gateway = %id, existed, "ops drain removed");
+        Ok(Response::new(UndrainResponse { existed }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let mut c = Config::default();
+        c.trust_forwarded_for = vec!["10.0.0.0/8".parse().unwrap()];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let xff = Some("198.51.100.7, 10.0.0.2");
+        assert_eq!(caller_ip(&c, Some(ip("203.0.113.1")), xff), Some(ip("203.0.113.1")));
+        assert_eq!(caller_ip(&c, Some(ip("10.0.0.1")), xff), Some(ip("198.51.100.7")));
+        // A forged left-most entry behind an untrusted hop is not believed.
+        assert_eq!(
+            caller_ip(&c, Some(ip("10.0.0.1")), Some("1.1.1.1, 203.0.113.9")),
+            Some(ip("203.0.113.9"))
+        );
+        assert_eq!(caller_ip(&c, Some(ip("10.0.0.1")), None), Some(ip("10.0.0.1")));
+        assert_eq!(
+            caller_ip(&c, Some(ip("10.0.0.1")), Some("garbage")),
+            Some(ip("10.0.0.1"))
+        );
+    }
+
+    #[test]
+    fn secrets_compare_exactly() {
+        assert!(same_secret("abcdefgh", "abcdefgh"));
+        assert!(!same_secret("abcdefgh", "abcdefgX"));
+        assert!(!same_secret("abcdefgh", "abcdefg"));
+    }
+}
