@@ -188,14 +188,24 @@ pub(crate) struct Effective {
 
 impl Effective {
     pub(crate) fn merge(local: &RouterPolicy, router: &RouterPolicy) -> Self {
+        let heartbeat_interval = local
+            .heartbeat_interval
+            .or(router.heartbeat_interval)
+            .unwrap_or(defaults::HEARTBEAT_INTERVAL);
+        // The router's timeout bounds the whole silence (it must exceed the interval there);
+        // locally the timeout is the wait after a PING. Same detection time either way.
+        let from_router = router.heartbeat_timeout.map(|t| {
+            if t > heartbeat_interval {
+                t - heartbeat_interval
+            } else {
+                t
+            }
+        });
         Self {
-            heartbeat_interval: local
-                .heartbeat_interval
-                .or(router.heartbeat_interval)
-                .unwrap_or(defaults::HEARTBEAT_INTERVAL),
+            heartbeat_interval,
             heartbeat_timeout: local
                 .heartbeat_timeout
-                .or(router.heartbeat_timeout)
+                .or(from_router)
                 .unwrap_or(defaults::HEARTBEAT_TIMEOUT),
             backoff: Backoff {
                 base: local
@@ -578,7 +588,21 @@ mod tests {
         };
         let e = Effective::merge(&local, &router);
         assert_eq!(e.heartbeat_interval, Duration::from_secs(5));
-        assert_eq!(e.heartbeat_timeout, Duration::from_secs(4));
+        assert_eq!(
+            e.heartbeat_timeout,
+            Duration::from_secs(4),
+            "4 s < 5 s: taken as is"
+        );
+        let router_only = Effective::merge(
+            &RouterPolicy::default(),
+            &RouterPolicy {
+                heartbeat_interval: Some(Duration::from_secs(25)),
+                heartbeat_timeout: Some(Duration::from_secs(60)),
+                ..Default::default()
+            },
+        );
+        // 60 s of silence = 25 s idle + 35 s after the PING.
+        assert_eq!(router_only.heartbeat_timeout, Duration::from_secs(35));
         assert_eq!(e.max_attempts, Some(7));
         assert_eq!(e.backoff.base, defaults::BACKOFF_BASE);
         assert_eq!(e.reconnect_spread, defaults::RECONNECT_SPREAD);
