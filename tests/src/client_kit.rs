@@ -24,6 +24,8 @@ pub struct GatewayOpts {
     pub drain_window: Option<Duration>,
     /// `--auth-secret` (HMAC tokens required).
     pub auth_secret: Option<String>,
+    /// `--tls-cert` and `--tls-key` PEM files (TLS on both listeners).
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// A running `switchyard-gateway`.
@@ -59,6 +61,9 @@ impl GatewayProc {
         }
         if let Some(s) = &opts.auth_secret {
             cmd.args(["--auth-secret", s]);
+        }
+        if let Some((cert, key)) = &opts.tls {
+            cmd.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
         }
         cmd.arg("--no-register");
         child_output(&mut cmd);
