@@ -179,11 +179,12 @@ impl Swarm {
             .filter_map(|(id, m)| {
                 let h = m.history.lock();
                 let to = h.gateway.clone()?;
+                let at = h.connected_at?;
                 (to != from && h.previous.as_deref() == Some(from)).then(|| Move {
                     client: id.clone(),
                     from: from.to_owned(),
                     to,
-                    at: h.connected_at?,
+                    at,
                 })
             })
             .collect()

@@ -35,11 +35,7 @@ async fn healthz(Extract(h): Extract<Http>) -> Response {
     if view.is_loaded() {
         (StatusCode::OK, "ok\n").into_response()
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "registry not loaded yet\n",
-        )
-            .into_response()
+        (StatusCode::SERVICE_UNAVAILABLE, "registry not loaded yet\n").into_response()
     }
 }
 
@@ -94,7 +90,11 @@ td,th{padding:.3em .7em;border-bottom:1px solid #ddd;text-align:left}\
         "<p>revision {} · snapshot age {} ms · etcd {} · {} gateways · {} invalid records</p>",
         view.revision,
         state.snapshot_age_ms(now),
-        if connected { "connected" } else { "<b class=\"unhealthy\">unreachable (serving last snapshot)</b>" },
+        if connected {
+            "connected"
+        } else {
+            "<b class=\"unhealthy\">unreachable (serving last snapshot)</b>"
+        },
         view.gateways.len(),
         view.rejected,
     );
@@ -124,7 +124,13 @@ td,th{padding:.3em .7em;border-bottom:1px solid #ddd;text-align:left}\
             hot = if pct > 85.0 { " hot" } else { "" },
             conns = r.load.connections,
             cap = r.capacity,
-            addr = escape(r.addrs.tcp.as_deref().or(r.addrs.ws.as_deref()).unwrap_or("")),
+            addr = escape(
+                r.addrs
+                    .tcp
+                    .as_deref()
+                    .or(r.addrs.ws.as_deref())
+                    .unwrap_or("")
+            ),
         );
     }
     page.push_str("</table></body></html>\n");

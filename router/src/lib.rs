@@ -27,7 +27,7 @@ pub use config::{Config, ConfigError};
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -85,8 +85,8 @@ pub async fn run(
     metrics: Option<PrometheusHandle>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let prefix = Prefix::new(config.prefix.clone())
-        .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+    let prefix =
+        Prefix::new(config.prefix.clone()).map_err(|e| ConfigError::Invalid(e.to_string()))?;
     let tls = tls_config(&config)?;
     let watcher = registry_view::watch(
         client.clone(),
@@ -108,6 +108,7 @@ pub async fn run(
         outliers: Outliers::default(),
         contact_ms: AtomicI64::new(0),
         connected: AtomicBool::new(false),
+        routes_total: AtomicU64::new(0),
     });
     let stop = CancellationToken::new();
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -136,7 +137,10 @@ pub async fn run(
                         serving = true;
                         health.set_service_status("", ServingStatus::Serving).await;
                         health.set_serving::<RouterServer<RouterService>>().await;
-                        info!(revision = snap.revision, "first registry snapshot loaded; serving");
+                        info!(
+                            revision = snap.revision,
+                            "first registry snapshot loaded; serving"
+                        );
                     }
                 }
                 tokio::select! {
@@ -206,7 +210,11 @@ pub async fn run(
                 // One line per minute of staleness while etcd is away.
                 if !state.connected.load(Ordering::Relaxed) && age / 60_000 > warned_at {
                     warned_at = age / 60_000;
-                    warn!(age_ms = age, revision = view.revision, "still serving a stale registry snapshot");
+                    warn!(
+                        age_ms = age,
+                        revision = view.revision,
+                        "still serving a stale registry snapshot"
+                    );
                 } else if state.connected.load(Ordering::Relaxed) {
                     warned_at = 0;
                 }

@@ -77,8 +77,23 @@ impl Args {
         macro_rules! set_opt {
             ($($field:ident),*) => { $( if self.$field.is_some() { c.$field = self.$field; } )* };
         }
-        set!(etcd, prefix, listen, trust_forwarded_for, valid_for, log_format);
-        set_opt!(http_listen, admin_token, admin_token_file, route_token, tls_cert, tls_key, client_ca);
+        set!(
+            etcd,
+            prefix,
+            listen,
+            trust_forwarded_for,
+            valid_for,
+            log_format
+        );
+        set_opt!(
+            http_listen,
+            admin_token,
+            admin_token_file,
+            route_token,
+            tls_cert,
+            tls_key,
+            client_ca
+        );
         Ok(c.validate()?)
     }
 }
@@ -108,8 +123,7 @@ async fn main() -> anyhow::Result<()> {
         .set_buckets_for_metric(
             Matcher::Full("switchyard_router_route_seconds".into()),
             &[
-                0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.005, 0.025,
-                0.1,
+                0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.005, 0.025, 0.1,
             ],
         )?
         .install_recorder()
@@ -144,7 +158,13 @@ async fn main() -> anyhow::Result<()> {
         }
         tracing::info!("shutting down");
     };
-    switchyard_router::run(Listeners { grpc, http }, config, client, Some(metrics), shutdown)
-        .await?;
+    switchyard_router::run(
+        Listeners { grpc, http },
+        config,
+        client,
+        Some(metrics),
+        shutdown,
+    )
+    .await?;
     Ok(())
 }

@@ -128,7 +128,10 @@ mod tests {
         let p = Params::default();
         let mut s = State::default();
         assert!(!s.report(&p, 1, 0, 0));
-        assert!(!s.report(&p, 1, 1_000, 1_000), "same client twice counts once");
+        assert!(
+            !s.report(&p, 1, 1_000, 1_000),
+            "same client twice counts once"
+        );
         assert!(!s.report(&p, 2, 2_000, 2_000));
         // Client 1's report is now outside the window.
         assert!(!s.report(&p, 3, 31_500, 31_500));
@@ -147,7 +150,10 @@ mod tests {
         for _ in 0..12 {
             let until = s.eject(&p, now);
             assert!(s.is_ejected(now) && !s.is_ejected(until));
-            assert!(!s.report(&p, 1, now, now), "reports while ejected are ignored");
+            assert!(
+                !s.report(&p, 1, now, now),
+                "reports while ejected are ignored"
+            );
             lengths.push((until - now) / 1000);
             now = until + 1_000;
         }

@@ -613,7 +613,15 @@ mod tests {
 
     fn run(cands: &[Candidate], live: &Fixed, r: &Request<'_>) -> Result<Vec<Placed>, NoRoute> {
         let mut out = Vec::new();
-        rank(cands, live, r, &Params::default(), &mut Vec::new(), &mut out).map(|()| out)
+        rank(
+            cands,
+            live,
+            r,
+            &Params::default(),
+            &mut Vec::new(),
+            &mut out,
+        )
+        .map(|()| out)
     }
 
     #[test]
@@ -645,7 +653,13 @@ mod tests {
         let ex = vec!["f".to_string()];
         let err = run(&c, &live, &req("u", &ex)).unwrap_err();
         assert_eq!(
-            (err.not_serving, err.ops_drained, err.no_address, err.ejected, err.excluded),
+            (
+                err.not_serving,
+                err.ops_drained,
+                err.no_address,
+                err.ejected,
+                err.excluded
+            ),
             (2, 1, 1, 1, 1)
         );
         assert!(err.to_string().contains("6 registered"), "{err}");
@@ -721,7 +735,10 @@ mod tests {
             firsts.insert(c[out[0].index].id.clone());
         }
         // Spilled into one pool, where a1 is over the load bound.
-        assert_eq!(firsts.into_iter().collect::<Vec<_>>(), vec!["b1".to_string()]);
+        assert_eq!(
+            firsts.into_iter().collect::<Vec<_>>(),
+            vec!["b1".to_string()]
+        );
     }
 
     #[test]

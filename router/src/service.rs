@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Instant;
 
 use futures::Stream;
@@ -55,6 +55,8 @@ pub struct State {
     pub contact_ms: AtomicI64,
     /// Whether the watch stream is up right now.
     pub connected: AtomicBool,
+    /// Route calls answered since start, for rates in `switchyardctl top`.
+    pub routes_total: AtomicU64,
 }
 
 impl std::fmt::Debug for State {
@@ -97,8 +99,7 @@ fn bearer(meta: &MetadataMap) -> Option<&str> {
 /// Compares secrets without leaking the matching prefix length through timing.
 fn same_secret(a: &str, b: &str) -> bool {
     a.len() == b.len()
-        && a
-            .bytes()
+        && a.bytes()
             .zip(b.bytes())
             .fold(0u8, |acc, (x, y)| acc | (x ^ y))
             == 0
@@ -330,8 +331,12 @@ fn explain(
         .map(|(i, c)| {
             if let Some((rank, p)) = out.iter().enumerate().find(|(_, p)| p.index == i) {
                 let reason = match p.reason {
-                    ranking::Reason::Sticky => "first place: highest rendezvous score under the load bound",
-                    ranking::Reason::StickyOverBound => "first place: every gateway of its tier is over the load bound",
+                    ranking::Reason::Sticky => {
+                        "first place: highest rendezvous score under the load bound"
+                    }
+                    ranking::Reason::StickyOverBound => {
+                        "first place: every gateway of its tier is over the load bound"
+                    }
                     ranking::Reason::Headroom => "won a two-random-choices draw on headroom",
                 };
                 Explanation {
@@ -382,7 +387,11 @@ pub fn gateway_proto(g: &Gateway) -> pb::Gateway {
         started_at_unix_ms: r.started_at.map_or(0, |t| t.timestamp_millis()),
         updated_at_unix_ms: r.updated_at.map_or(0, |t| t.timestamp_millis()),
         ops_drained: g.drain.is_some(),
-        drain_reason: g.drain.as_ref().map(|d| d.reason.clone()).unwrap_or_default(),
+        drain_reason: g
+            .drain
+            .as_ref()
+            .map(|d| d.reason.clone())
+            .unwrap_or_default(),
         ejected_until_unix_ms: if ejected > now_ms() { ejected } else { 0 },
     }
 }
@@ -404,6 +413,7 @@ impl pb::router_server::Router for RouterService {
             },
         };
         metrics::counter!("switchyard_router_routes_total", "code" => code).increment(1);
+        self.state.routes_total.fetch_add(1, Ordering::Relaxed);
         metrics::histogram!("switchyard_router_route_seconds")
             .record(started.elapsed().as_secs_f64());
         result.map(Response::new)
@@ -420,6 +430,7 @@ impl pb::router_server::Router for RouterService {
             revision: view.revision,
             snapshot_age_ms: self.state.snapshot_age_ms(now_ms()),
             etcd_connected: self.state.connected.load(Ordering::Relaxed),
+            routes_total: self.state.routes_total.load(Ordering::Relaxed),
         }))
     }
 
@@ -438,7 +449,8 @@ impl pb::router_server::Router for RouterService {
                 let view = changes.borrow_and_update().clone();
                 if view.is_loaded() {
                     let update = diff(prev.as_deref(), &view);
-                    let send = update.full || !update.upserted.is_empty() || !update.removed.is_empty();
+                    let send =
+                        update.full || !update.upserted.is_empty() || !update.removed.is_empty();
                     if send && tx.send(Ok(update)).await.is_err() {
                         return;
                     }
@@ -516,9 +528,10 @@ impl pb::admin_server::Admin for AdminService {
             },
             at: Some(chrono::Utc::now()),
         };
-        let revision = registry_view::put_drain(&self.state.client, &self.state.prefix, &id, &drain)
-            .await
-            .map_err(|e| Status::unavailable(format!("etcd: {e}")))?;
+        let revision =
+            registry_view::put_drain(&self.state.client, &self.state.prefix, &id, &drain)
+                .await
+                .map_err(|e| Status::unavailable(format!("etcd: {e}")))?;
         tracing::info!(gateway = %id, reason = %drain.reason, by = %drain.by, "ops drain written");
         Ok(Response::new(DrainResponse { revision }))
     }
@@ -547,14 +560,23 @@ mod tests {
         c.trust_forwarded_for = vec!["10.0.0.0/8".parse().unwrap()];
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         let xff = Some("198.51.100.7, 10.0.0.2");
-        assert_eq!(caller_ip(&c, Some(ip("203.0.113.1")), xff), Some(ip("203.0.113.1")));
-        assert_eq!(caller_ip(&c, Some(ip("10.0.0.1")), xff), Some(ip("198.51.100.7")));
+        assert_eq!(
+            caller_ip(&c, Some(ip("203.0.113.1")), xff),
+            Some(ip("203.0.113.1"))
+        );
+        assert_eq!(
+            caller_ip(&c, Some(ip("10.0.0.1")), xff),
+            Some(ip("198.51.100.7"))
+        );
         // A forged left-most entry behind an untrusted hop is not believed.
         assert_eq!(
             caller_ip(&c, Some(ip("10.0.0.1")), Some("1.1.1.1, 203.0.113.9")),
             Some(ip("203.0.113.9"))
         );
-        assert_eq!(caller_ip(&c, Some(ip("10.0.0.1")), None), Some(ip("10.0.0.1")));
+        assert_eq!(
+            caller_ip(&c, Some(ip("10.0.0.1")), None),
+            Some(ip("10.0.0.1"))
+        );
         assert_eq!(
             caller_ip(&c, Some(ip("10.0.0.1")), Some("garbage")),
             Some(ip("10.0.0.1"))

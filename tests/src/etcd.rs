@@ -43,10 +43,7 @@ impl Member {
             name: format!("m{i}"),
             client_port: free_port(),
             peer_port: free_port(),
-            data: tempfile::Builder::new()
-                .prefix("switchyard-etcd-")
-                .tempdir()
-                .expect("temp dir"),
+            data: private_tempdir(),
             child: None,
         }
     }
@@ -206,6 +203,18 @@ impl EtcdCluster {
             child.kill();
         }
     }
+}
+
+/// A temporary data dir only we can read, as etcd wants (it warns otherwise).
+fn private_tempdir() -> TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix("switchyard-etcd-")
+        .tempdir()
+        .expect("temp dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
+        .expect("chmod data dir");
+    dir
 }
 
 async fn connect(endpoints: &[String]) -> Client {

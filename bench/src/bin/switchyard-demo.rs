@@ -48,24 +48,47 @@ fn step(text: &str) {
 }
 
 async fn run(args: &Args) -> Result<String> {
-    let clients = if args.quick && args.clients == 2000 { 300 } else { args.clients };
-    let drain_window = args
-        .drain_window
-        .unwrap_or(if args.quick { Duration::from_secs(4) } else { Duration::from_secs(10) });
+    let clients = if args.quick && args.clients == 2000 {
+        300
+    } else {
+        args.clients
+    };
+    let drain_window = args.drain_window.unwrap_or(if args.quick {
+        Duration::from_secs(4)
+    } else {
+        Duration::from_secs(10)
+    });
     let window = format!("{}ms", drain_window.as_millis());
 
     step("Starting etcd, 2 routers and 3 gateways (zone-a: gw-a1, gw-a2; zone-b: gw-b1)");
-    let gw = |id: &str, zone: &str| GatewaySpec::new(id, "local", zone).args(["--drain-window", &window]);
-    let mut cluster = Cluster::start(2, &[gw("gw-a1", "zone-a"), gw("gw-a2", "zone-a"), gw("gw-b1", "zone-b")]).await;
+    let gw = |id: &str, zone: &str| {
+        GatewaySpec::new(id, "local", zone).args(["--drain-window", &window])
+    };
+    let mut cluster = Cluster::start(
+        2,
+        &[
+            gw("gw-a1", "zone-a"),
+            gw("gw-a2", "zone-a"),
+            gw("gw-b1", "zone-b"),
+        ],
+    )
+    .await;
     println!("  etcd     {}", cluster.etcd.endpoint());
     for (i, r) in cluster.routers.iter().enumerate() {
-        println!("  router{}  grpc {}   status page http://{}/", i + 1, r.url(), r.http);
+        println!(
+            "  router{}  grpc {}   status page http://{}/",
+            i + 1,
+            r.url(),
+            r.http
+        );
     }
     for (id, g) in &cluster.gateways {
         println!("  {id:<7}  tcp {}   zone {}", g.tcp, g.spec.zone);
     }
 
-    step(&format!("Logging in {clients} clients through the routers (2/3 prefer zone-a, 1/3 zone-b)"));
+    step(&format!(
+        "Logging in {clients} clients through the routers (2/3 prefer zone-a, 1/3 zone-b)"
+    ));
     let started = Instant::now();
     let config = swarm::Config {
         routers: cluster.router_urls(),
@@ -79,8 +102,14 @@ async fn run(args: &Args) -> Result<String> {
         login_concurrency: 200,
         login_timeout: Duration::from_secs(60),
     };
-    let swarm = Swarm::start(&config, |b| b).await.context("logging in the swarm")?;
-    println!("  {} clients connected in {} ms", swarm.connected(), started.elapsed().as_millis());
+    let swarm = Swarm::start(&config, |b| b)
+        .await
+        .context("logging in the swarm")?;
+    println!(
+        "  {} clients connected in {} ms",
+        swarm.connected(),
+        started.elapsed().as_millis()
+    );
     print_distribution(&swarm);
     // Let the agents report their counts so the table shows them.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -98,23 +127,46 @@ async fn run(args: &Args) -> Result<String> {
             break moves;
         }
         if Instant::now() > deadline {
-            bail!("{} of {} clients of gw-a1 did not fail over within 30 s", victims.len() - moves.len(), victims.len());
+            bail!(
+                "{} of {} clients of gw-a1 did not fail over within 30 s",
+                victims.len() - moves.len(),
+                victims.len()
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let times: Vec<Duration> = moves.iter().map(|m| m.at.duration_since(killed_at)).collect();
+    let times: Vec<Duration> = moves
+        .iter()
+        .map(|m| m.at.duration_since(killed_at))
+        .collect();
     let failover = latency_summary(&times);
-    println!("  {} clients failed over, time from crash to connected elsewhere: {failover}", victims.len());
-    println!("  (the first retry waits a random 0–1 s on purpose, so a crash does not become a reconnect storm)");
+    println!(
+        "  {} clients failed over, time from crash to connected elsewhere: {failover}",
+        victims.len()
+    );
+    println!(
+        "  (the first retry waits a random 0–1 s on purpose, so a crash does not become a reconnect storm)"
+    );
     print_distribution(&swarm);
 
     step("gw-a1 comes back (its supervisor restarts it)");
-    let spec = cluster.gateways.remove("gw-a1").map(|g| g.spec).context("gw-a1 spec")?;
+    let spec = cluster
+        .gateways
+        .remove("gw-a1")
+        .map(|g| g.spec)
+        .context("gw-a1 spec")?;
     cluster.add_gateway(spec).await;
-    cluster.wait_serving(&["gw-a1".to_owned()], Duration::from_secs(20)).await;
-    println!("  gw-a1 is serving again; existing clients stay where they are (long connections do not move)");
+    cluster
+        .wait_serving(&["gw-a1".to_owned()], Duration::from_secs(20))
+        .await;
+    println!(
+        "  gw-a1 is serving again; existing clients stay where they are (long connections do not move)"
+    );
 
-    step(&format!("Draining gw-b1 (switchyardctl drain): GOAWAY spread over {} ms", drain_window.as_millis()));
+    step(&format!(
+        "Draining gw-b1 (switchyardctl drain): GOAWAY spread over {} ms",
+        drain_window.as_millis()
+    ));
     let leaving = swarm.on_gateway("gw-b1");
     print_ctl(&cluster, &["drain", "gw-b1", "--reason", "demo drain"]);
     let drain_at = Instant::now();
@@ -123,7 +175,10 @@ async fn run(args: &Args) -> Result<String> {
     loop {
         let remaining = swarm.on_gateway("gw-b1").len();
         if last_print.elapsed() >= Duration::from_secs(1) || remaining == 0 {
-            println!("  t+{:>5} ms  gw-b1 still has {remaining:>5} clients", drain_at.elapsed().as_millis());
+            println!(
+                "  t+{:>5} ms  gw-b1 still has {remaining:>5} clients",
+                drain_at.elapsed().as_millis()
+            );
             last_print = Instant::now();
         }
         if remaining == 0 && swarm.moves_from("gw-b1", &leaving).len() == leaving.len() {
@@ -134,7 +189,11 @@ async fn run(args: &Args) -> Result<String> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    println!("  all {} clients of gw-b1 moved in {} ms", leaving.len(), drain_at.elapsed().as_millis());
+    println!(
+        "  all {} clients of gw-b1 moved in {} ms",
+        leaving.len(),
+        drain_at.elapsed().as_millis()
+    );
     cluster.wait_gone("gw-b1", Duration::from_secs(30)).await;
     println!("  gw-b1 revoked its lease and left the registry");
 
@@ -145,7 +204,11 @@ async fn run(args: &Args) -> Result<String> {
     let lost = clients - swarm.connected();
     let ended = swarm.ended();
     if lost > 0 || !ended.is_empty() {
-        bail!("{lost} clients not connected at the end ({} ended: {:?})", ended.len(), ended.first());
+        bail!(
+            "{lost} clients not connected at the end ({} ended: {:?})",
+            ended.len(),
+            ended.first()
+        );
     }
     let ratio = max_over_mean(dist.values().copied()).unwrap_or(0.0);
     let summary = format!(
