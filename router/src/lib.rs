@@ -264,10 +264,10 @@ pub async fn run(
         .await;
     stop.cancel();
     drop(watcher);
-    if let Some(task) = http_task {
-        if let Ok(Err(e)) = task.await {
-            return Err(Error::Http(e));
-        }
+    if let Some(task) = http_task
+        && let Ok(Err(e)) = task.await
+    {
+        return Err(Error::Http(e));
     }
     result?;
     Ok(())

@@ -55,7 +55,8 @@ pub struct State {
     pub contact_ms: AtomicI64,
     /// Whether the watch stream is up right now.
     pub connected: AtomicBool,
-    /// Route calls answered since start, for rates in `switchyardctl top`.
+    /// Route calls answered since start (any outcome), so `switchyardctl top` can show a
+    /// rate without scraping Prometheus.
     pub routes_total: AtomicU64,
 }
 
@@ -107,10 +108,10 @@ fn same_secret(a: &str, b: &str) -> bool {
 
 fn check_admin<T>(state: &State, req: &Request<T>) -> Result<(), Status> {
     let token = state.config.admin_token.as_deref();
-    if let (Some(want), Some(got)) = (token, bearer(req.metadata())) {
-        if same_secret(want, got) {
-            return Ok(());
-        }
+    if let (Some(want), Some(got)) = (token, bearer(req.metadata()))
+        && same_secret(want, got)
+    {
+        return Ok(());
     }
     if state.config.client_ca.is_some() && req.peer_certs().is_some_and(|c| !c.is_empty()) {
         return Ok(());
@@ -402,6 +403,7 @@ type UpdateStream = Pin<Box<dyn Stream<Item = Result<GatewaysUpdate, Status>> + 
 impl pb::router_server::Router for RouterService {
     async fn route(&self, req: Request<RouteRequest>) -> Result<Response<RouteResponse>, Status> {
         let started = Instant::now();
+        self.state.routes_total.fetch_add(1, Ordering::Relaxed);
         let result = self.route_now(req);
         let code = match &result {
             Ok(_) => "ok",
@@ -413,7 +415,6 @@ impl pb::router_server::Router for RouterService {
             },
         };
         metrics::counter!("switchyard_router_routes_total", "code" => code).increment(1);
-        self.state.routes_total.fetch_add(1, Ordering::Relaxed);
         metrics::histogram!("switchyard_router_route_seconds")
             .record(started.elapsed().as_secs_f64());
         result.map(Response::new)
@@ -556,8 +557,10 @@ mod tests {
 
     #[test]
     fn forwarded_for_is_believed_only_from_trusted_proxies() {
-        let mut c = Config::default();
-        c.trust_forwarded_for = vec!["10.0.0.0/8".parse().unwrap()];
+        let c = Config {
+            trust_forwarded_for: vec!["10.0.0.0/8".parse().unwrap()],
+            ..Config::default()
+        };
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         let xff = Some("198.51.100.7, 10.0.0.2");
         assert_eq!(

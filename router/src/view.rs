@@ -209,11 +209,14 @@ const SHARDS: usize = 32;
 /// Entries per shard before stale ones are swept.
 const SHARD_LIMIT: usize = 16_384;
 
+/// The gateway a client was handed, and that gateway's report generation at the time.
+type Handout = (Arc<Shared>, u64);
+
 /// Remembers which gateway each client was handed during the pending window, so a client
 /// asking again before the next report is not counted twice.
 #[derive(Debug)]
 pub struct Handouts {
-    shards: Vec<Mutex<HashMap<u64, (Arc<Shared>, u64)>>>,
+    shards: Vec<Mutex<HashMap<u64, Handout>>>,
 }
 
 impl Default for Handouts {

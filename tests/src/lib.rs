@@ -8,6 +8,7 @@
 //! - [`etcd`]: [`Etcd`] (start, stop, restart on the same ports and data) and [`EtcdCluster`].
 //! - [`proxy`]: [`CutProxy`], a loopback TCP proxy whose links can be cut and restored.
 //! - [`process`]: [`bin_path`] and [`Child`], workspace binaries as separate OS processes.
+//! - [`router`]: a router in-process on free ports, and records written straight into etcd.
 //! - [`eventually`]: bounded polling for scenario assertions.
 //! - [`rawclient`]: a raw-socket contract-3 client and an in-process gateway, for gateway tests.
 //! - [`client_kit`]: standalone gateway processes, a client preset and event waits for the
@@ -24,6 +25,7 @@ pub mod etcd;
 pub mod process;
 pub mod proxy;
 pub mod rawclient;
+pub mod router;
 
 pub use cluster::{Cluster, GatewaySpec};
 pub use etcd::{Etcd, EtcdCluster};

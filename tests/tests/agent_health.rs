@@ -76,6 +76,38 @@ async fn probe_failure_marks_unhealthy_in_time_and_recovery_serves_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_that_is_down_registers_unhealthy_never_serving() {
+    init_tracing();
+    let etcd = Etcd::start().await;
+    let client = etcd.client().await;
+    let prefix = unique_prefix();
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let probe = format!("tcp://{}", closed.local_addr().unwrap());
+    drop(closed);
+    // Watch the key before the agent starts, so the very first version is seen.
+    let key = prefix.gateway(&switchyard_registry::GatewayId::new("gw-down").unwrap());
+    let mut watch = client.clone().watch(key, None).await.unwrap();
+    let _agent = AgentProcess::spawn(
+        &etcd.endpoint(),
+        &prefix,
+        "gw-down",
+        &["--probe", &probe, "--probe-interval", "200ms"],
+    );
+    let first = tokio::time::timeout(WAIT, async {
+        loop {
+            let resp = watch.message().await.unwrap().unwrap();
+            if let Some(ev) = resp.events().first() {
+                break ev.kv().unwrap().value().to_vec();
+            }
+        }
+    })
+    .await
+    .expect("a first record within 5 s");
+    let first = switchyard_registry::GatewayRecord::from_json(&first).unwrap();
+    assert_eq!(first.state, GatewayState::Unhealthy);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_are_counted_from_the_kernel_tables() {
     init_tracing();
     let etcd = Etcd::start().await;

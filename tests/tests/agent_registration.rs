@@ -83,6 +83,8 @@ async fn record_appears_with_the_documented_fields_and_a_lease() {
             .is_some_and(|w| w >= 1.0),
         "{text}"
     );
+    let age = switchyard_tests::agent::metric(&text, "switchyard_agent_last_report_age_seconds");
+    assert!(age.is_some_and(|a| (0.0..30.0).contains(&a)), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

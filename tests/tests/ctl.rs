@@ -30,7 +30,7 @@ fn stderr(o: &Output) -> String {
 }
 
 async fn cluster_with_records() -> Cluster {
-    let cluster = Cluster::start_with(1, &["--admin-token", "s3cret"], &[]).await;
+    let cluster = Cluster::start_with(1, &["--admin-token", "s3cret-token"], &[]).await;
     let mut c = cluster.etcd.client().await;
     for (id, zone, state, conns) in [
         ("gw-a", "z1", "serving", 40),
@@ -166,7 +166,7 @@ async fn drain_and_undrain_need_the_token_and_take_effect() {
 
     let drained = cluster.ctl(&[
         "--token",
-        "s3cret",
+        "s3cret-token",
         "drain",
         "gw-a",
         "--reason",
@@ -208,14 +208,14 @@ async fn drain_and_undrain_need_the_token_and_take_effect() {
         "a drained gateway is not handed out: {route}"
     );
 
-    let undrained = cluster.ctl(&["--token", "s3cret", "undrain", "gw-a"]);
+    let undrained = cluster.ctl(&["--token", "s3cret-token", "undrain", "gw-a"]);
     assert!(
         stdout(&undrained).contains("undrained gw-a"),
         "{}",
         stderr(&undrained)
     );
     assert!(c.get(key.as_str(), None).await.unwrap().kvs().is_empty());
-    let again = cluster.ctl(&["--token", "s3cret", "undrain", "gw-a"]);
+    let again = cluster.ctl(&["--token", "s3cret-token", "undrain", "gw-a"]);
     assert!(
         stdout(&again).contains("was not drained"),
         "{}",
@@ -321,7 +321,7 @@ async fn unreachable_router_falls_back_to_etcd_or_says_what_to_check() {
     assert_eq!(v["source"], "etcd");
     assert_eq!(v["gateways"].as_array().unwrap().len(), 3);
 
-    let unknown = cluster.ctl(&["--token", "s3cret", "drain", "no/such id"]);
+    let unknown = cluster.ctl(&["--token", "s3cret-token", "drain", "no/such id"]);
     assert!(!unknown.status.success());
     assert!(!stderr(&unknown).is_empty());
 }

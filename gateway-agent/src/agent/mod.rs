@@ -64,6 +64,9 @@ pub struct Config {
     pub report_max_interval: Duration,
     /// Replace a live agent holding the same id instead of refusing to start.
     pub takeover: bool,
+    /// Health at registration (default true): a sidecar whose first probe failed registers
+    /// as `unhealthy` instead of briefly advertising a dead gateway as `serving`.
+    pub initially_healthy: bool,
 }
 
 /// Why a configuration was refused.
@@ -117,6 +120,7 @@ impl Config {
             report_delta: 0.02,
             report_max_interval: Duration::from_secs(30),
             takeover: false,
+            initially_healthy: true,
         };
         config.validate()?;
         Ok(config)
@@ -247,6 +251,7 @@ struct Inner {
 /// A running agent. Cheap to clone; every clone drives the same registration.
 #[derive(Debug, Clone)]
 pub struct Agent {
+    /// One registration shared by every clone; the reporting task holds it weakly.
     inner: Arc<Inner>,
 }
 
@@ -259,10 +264,11 @@ pub async fn start(config: Config) -> Result<Agent, StartError> {
     let inputs = Inputs {
         connections: 0,
         cpu: 0.0,
-        healthy: true,
+        healthy: config.initially_healthy,
         draining: false,
     };
-    let first = config.record(GatewayState::Serving, Load::default(), started_at);
+    let first_state = effective_state(&inputs, false);
+    let first = config.record(first_state, Load::default(), started_at);
     let session = LeaseSession::register(
         client.clone(),
         Registration {
@@ -288,7 +294,7 @@ pub async fn start(config: Config) -> Result<Agent, StartError> {
         config.report_max_interval,
     );
     let observed = Observed {
-        state: GatewayState::Serving,
+        state: first_state,
         connections: 0,
         cpu: 0.0,
     };
@@ -384,12 +390,19 @@ async fn report_loop(inner: std::sync::Weak<Inner>) {
     };
     let mut inputs = strong.inputs.subscribe();
     let mut ops = strong.ops_drain.clone();
+    let mut lease = strong.lease_state.clone();
     let stop = strong.stop.clone();
     drop(strong);
     // The age gauge is refreshed at least this often.
     let age_tick = Duration::from_secs(1);
     loop {
         let Some(inner) = inner.upgrade() else { return };
+        if let LeaseState::Superseded { by_lease } = *inner.lease_state.borrow() {
+            // Another agent owns the id now; writing would only fail. The host sees the
+            // state through `lease_state()` and decides what to do.
+            warn!(id = %inner.config.id, other = format_args!("{by_lease:x}"), "superseded; reporting stopped");
+            return;
+        }
         let wait_until = match inner.write_if_due().await {
             Some(at) => at.min(Instant::now() + age_tick),
             None => Instant::now() + age_tick,
@@ -400,6 +413,7 @@ async fn report_loop(inner: std::sync::Weak<Inner>) {
             r = inputs.changed() => if r.is_err() { return },
             r = ops.changed() => if r.is_err() { return },
             () = tokio::time::sleep_until(wait_until) => {}
+            r = lease.changed() => if r.is_err() { return },
         }
     }
 }

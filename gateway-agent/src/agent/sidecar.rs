@@ -80,7 +80,7 @@ struct LoadAnswer {
 /// `stop` drains (record `draining` at once), waits `drain_grace`, revokes and returns; a
 /// second message during the grace cuts it short.
 pub async fn run(
-    agent_config: super::Config,
+    mut agent_config: super::Config,
     config: Config,
     mut stop: mpsc::Receiver<()>,
 ) -> Result<(), Error> {
@@ -93,14 +93,12 @@ pub async fn run(
         )),
         None => None,
     };
+    agent_config.initially_healthy = first.unwrap_or(true);
     let agent = super::start(agent_config).await?;
-    if first == Some(false) {
-        agent.set_healthy(false);
-    }
-    let probes = config
-        .probe
-        .clone()
-        .map(|p| tokio::spawn(probe_loop(agent.clone(), p, health, config.clone())));
+    let probes = config.probe.clone().map(|p| {
+        let was = first.unwrap_or(true);
+        tokio::spawn(probe_loop(agent.clone(), p, health, was, config.clone()))
+    });
     let load = tokio::spawn(load_loop(agent.clone(), config.clone()));
     let mut lease = agent.lease_state();
     let outcome = loop {
@@ -141,11 +139,10 @@ fn record_probe(health: &mut Health, ok: bool) -> bool {
     healthy
 }
 
-async fn probe_loop(agent: Agent, probe: Probe, mut health: Health, config: Config) {
+async fn probe_loop(agent: Agent, probe: Probe, mut health: Health, mut was: bool, config: Config) {
     let mut ticker = tokio::time::interval(config.probe_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await; // The first probe ran before registering.
-    let mut was = true;
     loop {
         ticker.tick().await;
         let healthy = record_probe(&mut health, probe.check(config.probe_timeout).await);
