@@ -211,20 +211,11 @@ impl Effective {
             .heartbeat_interval
             .or(router.heartbeat_interval)
             .unwrap_or(defaults::HEARTBEAT_INTERVAL);
-        // The router's timeout bounds the whole silence (it must exceed the interval there);
-        // locally the timeout is the wait after a PING. Same detection time either way.
-        let from_router = router.heartbeat_timeout.map(|t| {
-            if t > heartbeat_interval {
-                t - heartbeat_interval
-            } else {
-                t
-            }
-        });
         Self {
             heartbeat_interval,
             heartbeat_timeout: local
                 .heartbeat_timeout
-                .or(from_router)
+                .or(router.heartbeat_timeout)
                 .unwrap_or(defaults::HEARTBEAT_TIMEOUT),
             backoff: Backoff {
                 base: local
@@ -610,18 +601,8 @@ mod tests {
         assert_eq!(
             e.heartbeat_timeout,
             Duration::from_secs(4),
-            "4 s < 5 s: taken as is"
+            "router value taken as is"
         );
-        let router_only = Effective::merge(
-            &RouterPolicy::default(),
-            &RouterPolicy {
-                heartbeat_interval: Some(Duration::from_secs(25)),
-                heartbeat_timeout: Some(Duration::from_secs(60)),
-                ..Default::default()
-            },
-        );
-        // 60 s of silence = 25 s idle + 35 s after the PING.
-        assert_eq!(router_only.heartbeat_timeout, Duration::from_secs(35));
         assert_eq!(e.max_attempts, Some(7));
         assert_eq!(e.backoff.base, defaults::BACKOFF_BASE);
         assert_eq!(e.reconnect_spread, defaults::RECONNECT_SPREAD);
