@@ -208,22 +208,25 @@ pub struct LocalityRule {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Policy {
-    /// Idle time before a heartbeat. Default 25 s (under common NAT idle timeouts).
+    /// Idle time before the client sends a heartbeat. Default 30 s (the client library's
+    /// default; lower it per network for carriers whose NAT drops idle mappings sooner).
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
-    /// Silence after which the link is dead. Default 60 s.
+    /// How long after a PING the client waits for any frame before it declares the link
+    /// dead, so detection takes at most interval + timeout. Default 10 s.
     #[serde(with = "humantime_serde")]
     pub heartbeat_timeout: Duration,
-    /// First reconnect backoff. Default 1 s.
+    /// First reconnect backoff (full jitter, factor 2). Default 500 ms.
     #[serde(with = "humantime_serde")]
     pub backoff_base: Duration,
-    /// Backoff cap. Default 60 s.
+    /// Backoff cap. Default 30 s.
     #[serde(with = "humantime_serde")]
     pub backoff_cap: Duration,
-    /// Connect attempts per list before asking the router again. Default 5.
+    /// Reconnect attempts after which the client gives up; 0 = no limit (the client's own
+    /// elapsed-time limit still applies). Default 0.
     pub max_attempts: u32,
     /// The first reconnect after a lost link waits a random 0..spread, so a gateway crash
-    /// does not bring all its clients back in the same second. Default 5 s.
+    /// does not bring all its clients back in the same second. Default 1 s.
     #[serde(with = "humantime_serde")]
     pub reconnect_spread: Duration,
 }
@@ -231,26 +234,26 @@ pub struct Policy {
 impl Default for Policy {
     fn default() -> Self {
         Self {
-            heartbeat_interval: Duration::from_secs(25),
-            heartbeat_timeout: Duration::from_secs(60),
-            backoff_base: Duration::from_secs(1),
-            backoff_cap: Duration::from_secs(60),
-            max_attempts: 5,
-            reconnect_spread: Duration::from_secs(5),
+            heartbeat_interval: Duration::from_secs(30),
+            heartbeat_timeout: Duration::from_secs(10),
+            backoff_base: Duration::from_millis(500),
+            backoff_cap: Duration::from_secs(30),
+            max_attempts: 0,
+            reconnect_spread: Duration::from_secs(1),
         }
     }
 }
 
 impl Policy {
     fn validate(&self) -> Result<(), ConfigError> {
-        if self.heartbeat_timeout <= self.heartbeat_interval {
+        if self.heartbeat_interval.is_zero() || self.heartbeat_timeout.is_zero() {
             return Err(ConfigError::Invalid(
-                "policy heartbeat_timeout must exceed heartbeat_interval".into(),
+                "policy heartbeat_interval and heartbeat_timeout must be above zero".into(),
             ));
         }
-        if self.backoff_base > self.backoff_cap || self.max_attempts == 0 {
+        if self.backoff_base > self.backoff_cap {
             return Err(ConfigError::Invalid(
-                "policy needs backoff_base <= backoff_cap and max_attempts >= 1".into(),
+                "policy needs backoff_base <= backoff_cap".into(),
             ));
         }
         Ok(())
@@ -387,7 +390,7 @@ mod tests {
         assert_eq!(wifi.heartbeat_interval, Duration::from_secs(20));
         let cell = c.policy.select("eu", "cellular");
         assert_eq!(cell.heartbeat_interval, Duration::from_secs(40));
-        assert_eq!(cell.max_attempts, 5);
+        assert_eq!(cell.max_attempts, 0, "no attempt limit unless configured");
         let both = c.policy.select("cn-east", "cellular");
         assert_eq!(both.max_attempts, 9);
         assert_eq!(both.heartbeat_interval, Duration::from_secs(20));
@@ -407,6 +410,6 @@ mod tests {
         assert!(bad("tls_cert = \"/x\"").contains("go together"));
         assert!(bad("unknown_key = 1").contains("unknown"));
         assert!(bad("[[policy.overrides]]\nmax_attempts = 3").contains("region and/or"));
-        assert!(bad("[policy.default]\nheartbeat_timeout = \"1s\"").contains("exceed"));
+        assert!(bad("[policy.default]\nheartbeat_timeout = \"0s\"").contains("above zero"));
     }
 }

@@ -111,6 +111,8 @@ pub async fn run(
         routes_total: AtomicU64::new(0),
     });
     let stop = CancellationToken::new();
+    // Background tasks end with `run`, also when its future is dropped (aborted).
+    let _stop_on_drop = stop.clone().drop_guard();
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_service_status("", ServingStatus::NotServing)

@@ -303,3 +303,95 @@ impl Outliers {
 
 /// The current view, swapped atomically; readers never block writers or each other.
 pub type Current = ArcSwap<View>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(gateways: &[(&str, u64)], revision: i64) -> Snapshot<Entry> {
+        let mut snap = Snapshot {
+            revision,
+            ..Snapshot::default()
+        };
+        for (id, conns) in gateways {
+            let json = format!(
+                r#"{{"id":"{id}","addrs":{{"tcp":"127.0.0.1:7200"}},"capacity":100,"load":{{"connections":{conns}}}}}"#
+            );
+            let rec = GatewayRecord::from_json(json.as_bytes()).unwrap();
+            snap.items
+                .insert(format!("gateways/{id}"), Arc::new(Entry::Gateway(rec)));
+        }
+        snap
+    }
+
+    fn pending(view: &View, id: &str) -> u64 {
+        view.gateways[view.index_of(id).unwrap()]
+            .shared
+            .pending
+            .load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn handouts_count_each_client_once_and_reset_on_report() {
+        let mut b = Builder::default();
+        let v = b.build(&snapshot(&[("a", 0), ("b", 0)], 1), 0);
+        let h = Handouts::default();
+        let (a, bb) = (&v.gateways[0].shared, &v.gateways[1].shared);
+        h.record(1, a);
+        h.record(1, a);
+        h.record(2, a);
+        assert_eq!(pending(&v, "a"), 2, "client 1 asked twice, counted once");
+        h.record(1, bb);
+        assert_eq!(
+            (pending(&v, "a"), pending(&v, "b")),
+            (1, 1),
+            "client 1 moved"
+        );
+        // Same load report again (e.g. a drain key changed): pending stays.
+        let v2 = b.build(&snapshot(&[("a", 0), ("b", 0)], 2), 0);
+        assert_eq!(pending(&v2, "a"), 1);
+        // A new report from a: its pending is cleared, b keeps its own.
+        let v3 = b.build(&snapshot(&[("a", 2), ("b", 0)], 3), 0);
+        assert_eq!((pending(&v3, "a"), pending(&v3, "b")), (0, 1));
+        // Client 2 asking again after a's report is a new hand-out for the new period.
+        h.record(2, &v3.gateways[0].shared);
+        assert_eq!(pending(&v3, "a"), 1);
+        // A gateway that stopped reporting forgets its pending after the window.
+        b.expire_pending(10_000, 20_000);
+        assert_eq!((pending(&v3, "a"), pending(&v3, "b")), (0, 0));
+    }
+
+    #[test]
+    fn ejections_are_capped_at_the_configured_share() {
+        let ids: Vec<String> = (0..7).map(|i| format!("g{i}")).collect();
+        let gws: Vec<(&str, u64)> = ids.iter().map(|s| (s.as_str(), 0)).collect();
+        let v = Builder::default().build(&snapshot(&gws, 1), 0);
+        let o = Outliers::default();
+        let p = outlier::Params::default();
+        let mut ejected = 0;
+        for g in 0..7 {
+            for client in 0..3 {
+                if o.report(&p, &v, g, client, 1_000, 1_000) {
+                    ejected += 1;
+                }
+            }
+        }
+        // 30 % of 7 gateways: two at most, however many are reported.
+        assert_eq!(ejected, 2);
+        let live = LiveView {
+            view: &v,
+            now_ms: 1_000,
+        };
+        use ranking::Live as _;
+        assert_eq!((0..7).filter(|&i| live.ejected(i)).count(), 2);
+        let later = LiveView {
+            view: &v,
+            now_ms: 1_000 + 31_000,
+        };
+        assert_eq!(
+            (0..7).filter(|&i| later.ejected(i)).count(),
+            0,
+            "ejections end"
+        );
+    }
+}

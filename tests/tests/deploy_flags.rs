@@ -127,7 +127,7 @@ fn every_flag_and_variable_under_deploy_exists_in_the_binaries() {
 #[test]
 fn the_scanner_attributes_flags_to_the_right_binary() {
     let (flags, envs) = usage(
-        "ExecStart=/usr/local/bin/switchyard-router --listen 0.0.0.0:7100\n command: [\"switchyard-gateway\", \"--id=gw\"]\n SWITCHYARD_ETCD=x",
+        "ExecStart=/usr/local/bin/switchyard-router --listen 0.0.0.0:7100\n---\n command: [\"switchyard-gateway\", \"--id=gw\"]\n SWITCHYARD_ETCD=x",
     );
     assert_eq!(
         flags["switchyard-router"],

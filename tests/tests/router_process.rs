@@ -99,6 +99,40 @@ zone = "a"
         .into_inner();
     assert_eq!(r.explanation[0].tier, "zone", "{:?}", r.explanation);
 
+    // Server reflection lists every service, so grpcurl needs no .proto.
+    use tonic_reflection::pb::v1 as refl;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc_port}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut reflection = refl::server_reflection_client::ServerReflectionClient::new(channel);
+    let ask = refl::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            refl::server_reflection_request::MessageRequest::ListServices(String::new()),
+        ),
+    };
+    let mut answers = reflection
+        .server_reflection_info(futures::stream::iter(vec![ask]))
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = answers.message().await.unwrap().expect("one answer");
+    let Some(refl::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        answer.message_response
+    else {
+        panic!("unexpected reflection answer: {answer:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for want in [
+        "switchyard.v1.Router",
+        "switchyard.v1.Admin",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
+    }
+
     let (code, metrics) = http_get(http, "/metrics").await;
     assert_eq!(code, 200);
     for needle in [

@@ -423,7 +423,9 @@ async fn garbage_records_are_skipped_and_health_follows_the_first_snapshot() {
     let r = c.route(all("u")).await.unwrap().into_inner();
     assert_eq!(ids(&r), vec!["gw-good"]);
     let policy = r.policy.expect("policy in every answer");
-    assert_eq!(policy.heartbeat_interval_ms, 25_000);
+    assert_eq!(policy.heartbeat_interval_ms, 30_000);
+    assert_eq!(policy.heartbeat_timeout_ms, 10_000);
+    assert_eq!(policy.reconnect_spread_ms, 1_000);
     assert_eq!(r.valid_for_ms, 30_000);
 
     let channel = tonic::transport::Endpoint::from_shared(router.url())
