@@ -1145,3 +1145,43 @@ async fn handshake(
         None => Err(next(format!("{address} closed before WELCOME"))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_print_as_name_and_details() {
+        let lines: Vec<String> = [
+            Event::Connecting,
+            Event::Connected {
+                gateway: "gw-1".into(),
+                attempt: 2,
+            },
+            Event::Reconnecting {
+                attempt: 3,
+                delay: Duration::from_millis(1500),
+            },
+            Event::Kicked {
+                code: v1::KickCode::LoggedInElsewhere,
+                reason: "other device".into(),
+            },
+            Event::GaveUp {
+                reason: "3 attempts".into(),
+            },
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        assert_eq!(
+            lines,
+            [
+                "connecting",
+                "connected gateway=gw-1 attempt=2",
+                "reconnecting attempt=3 delay=1500ms",
+                "kicked code=KICK_CODE_LOGGED_IN_ELSEWHERE reason=\"other device\"",
+                "gave_up reason=\"3 attempts\"",
+            ]
+        );
+    }
+}

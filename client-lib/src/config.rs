@@ -73,6 +73,25 @@ pub fn tls_with_roots(roots: rustls::RootCertStore) -> Arc<rustls::ClientConfig>
     )
 }
 
+/// A rustls client config trusting every certificate in a PEM file (a private CA, or a
+/// test's self-signed certificate).
+pub fn tls_from_pem_file(
+    path: impl AsRef<std::path::Path>,
+) -> Result<Arc<rustls::ClientConfig>, ConfigError> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let path = path.as_ref();
+    let bad = |e: &dyn fmt::Display| ConfigError(format!("TLS roots {}: {e}", path.display()));
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(&e))? {
+        roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+    }
+    if roots.is_empty() {
+        return Err(bad(&"no certificate in the file"));
+    }
+    Ok(tls_with_roots(roots))
+}
+
 /// What the token provider returns.
 pub type TokenFuture = Pin<Box<dyn Future<Output = Result<String, String>> + Send>>;
 
@@ -188,11 +207,12 @@ pub(crate) struct Effective {
 
 impl Effective {
     pub(crate) fn merge(local: &RouterPolicy, router: &RouterPolicy) -> Self {
+        let heartbeat_interval = local
+            .heartbeat_interval
+            .or(router.heartbeat_interval)
+            .unwrap_or(defaults::HEARTBEAT_INTERVAL);
         Self {
-            heartbeat_interval: local
-                .heartbeat_interval
-                .or(router.heartbeat_interval)
-                .unwrap_or(defaults::HEARTBEAT_INTERVAL),
+            heartbeat_interval,
             heartbeat_timeout: local
                 .heartbeat_timeout
                 .or(router.heartbeat_timeout)
@@ -578,10 +598,34 @@ mod tests {
         };
         let e = Effective::merge(&local, &router);
         assert_eq!(e.heartbeat_interval, Duration::from_secs(5));
-        assert_eq!(e.heartbeat_timeout, Duration::from_secs(4));
+        assert_eq!(
+            e.heartbeat_timeout,
+            Duration::from_secs(4),
+            "router value taken as is"
+        );
         assert_eq!(e.max_attempts, Some(7));
         assert_eq!(e.backoff.base, defaults::BACKOFF_BASE);
         assert_eq!(e.reconnect_spread, defaults::RECONNECT_SPREAD);
+    }
+
+    #[test]
+    fn tls_roots_from_pem_and_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = tls_from_pem_file(dir.path().join("none.pem")).unwrap_err();
+        assert!(missing.0.contains("none.pem"), "{missing}");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        assert!(
+            tls_from_pem_file(&empty)
+                .unwrap_err()
+                .0
+                .contains("no certificate")
+        );
+        let fixture = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/tls/localhost.crt"
+        );
+        assert!(tls_from_pem_file(fixture).is_ok());
     }
 
     #[test]

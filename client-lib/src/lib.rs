@@ -45,7 +45,7 @@ pub mod routing;
 mod transport;
 
 pub use client::{Client, Error, Event, Events, Messages, Receipt, SendError, Stats, Undelivered};
-pub use config::{Builder, ConfigError, Keepalive, Protocol, tls_with_roots};
+pub use config::{Builder, ConfigError, Keepalive, Protocol, tls_from_pem_file, tls_with_roots};
 pub use heartbeat::AdaptiveSettings;
 pub use routing::{Gateway, RouteSource};
 pub use switchyard_proto::v1::KickCode;

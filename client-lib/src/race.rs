@@ -100,11 +100,11 @@ where
 }
 
 /// Tags an attempt with its candidate index (one opaque type for every push site).
-fn tagged<T, Fut>(i: usize, fut: Fut) -> impl Future<Output = (usize, Result<T, AttemptError>)>
+async fn tagged<T, Fut>(i: usize, fut: Fut) -> (usize, Result<T, AttemptError>)
 where
     Fut: Future<Output = Result<T, AttemptError>>,
 {
-    async move { (i, fut.await) }
+    (i, fut.await)
 }
 
 #[cfg(test)]

@@ -180,6 +180,9 @@ struct Failed {
     at_unix_ms: u64,
     /// Excluded until then (monotonic, immune to clock jumps).
     until: Instant,
+    /// A network fault worth reporting; refusals and GOAWAY only exclude (only network
+    /// faults should feed the router's ejection).
+    report: bool,
 }
 
 /// Gateways to avoid for a while, and the failures to report to the router.
@@ -193,7 +196,7 @@ impl FailureLog {
     /// Entries kept (the router caps `exclude` and `failures` too; a handful is all it needs).
     pub const MAX: usize = 16;
 
-    /// Avoid `id` until `now + for_`.
+    /// Avoid `id` until `now + for_`; `now_unix_ms == 0` excludes without reporting.
     pub fn record(
         &mut self,
         id: &str,
@@ -208,6 +211,7 @@ impl FailureLog {
             reason: reason.to_owned(),
             at_unix_ms: now_unix_ms,
             until: now + for_,
+            report: now_unix_ms != 0,
         });
         if self.entries.len() > Self::MAX {
             self.entries.remove(0);
@@ -237,7 +241,7 @@ impl FailureLog {
     pub fn report(&self, now: Instant) -> Vec<v1::Failure> {
         self.entries
             .iter()
-            .filter(|f| f.until > now)
+            .filter(|f| f.until > now && f.report)
             .map(|f| v1::Failure {
                 gateway_id: f.id.clone(),
                 reason: f.reason.clone(),
@@ -383,6 +387,12 @@ mod tests {
         assert_eq!(log.excluded(t0), ["b", "a"]);
         assert_eq!(log.report(t0)[1].reason, "refused again");
         assert_eq!(log.excluded(t0 + Duration::from_secs(15)), ["b"]);
+        log.record("drained", "goaway", t0, 0, Duration::from_secs(10));
+        assert!(log.excluded(t0).contains(&"drained".to_owned()));
+        assert!(
+            log.report(t0).iter().all(|f| f.gateway_id != "drained"),
+            "excluded, not reported"
+        );
         for i in 0..40 {
             log.record(&format!("g{i}"), "x", t0, 0, Duration::from_secs(1));
         }

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use rustls_pki_types::ServerName;
@@ -211,10 +210,7 @@ impl LinkRx {
             Self::Ws(s) => loop {
                 match s.next().await? {
                     Ok(Message::Binary(b)) => {
-                        return Some(
-                            Frame::decode_message(Bytes::from(b), max_frame)
-                                .map_err(LinkError::from),
-                        );
+                        return Some(Frame::decode_message(b, max_frame).map_err(LinkError::from));
                     }
                     // tungstenite answers pings itself.
                     Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => continue,

@@ -24,6 +24,8 @@ pub struct GatewayOpts {
     pub drain_window: Option<Duration>,
     /// `--auth-secret` (HMAC tokens required).
     pub auth_secret: Option<String>,
+    /// `--tls-cert` and `--tls-key` PEM files (TLS on both listeners).
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// A running `switchyard-gateway`.
@@ -39,6 +41,8 @@ pub struct GatewayProc {
     pub http: String,
     /// The process (killed on drop).
     pub child: Child,
+    /// Its `switchyard-agent` sidecar, once registered.
+    pub agent: Option<Child>,
 }
 
 impl GatewayProc {
@@ -58,6 +62,9 @@ impl GatewayProc {
         if let Some(s) = &opts.auth_secret {
             cmd.args(["--auth-secret", s]);
         }
+        if let Some((cert, key)) = &opts.tls {
+            cmd.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
+        }
         cmd.arg("--no-register");
         child_output(&mut cmd);
         let child = Child::spawn(cmd, &format!("gateway {id}"));
@@ -67,6 +74,7 @@ impl GatewayProc {
             ws: format!("ws://{ws_addr}/ws"),
             http,
             child,
+            agent: None,
         };
         let http = me.http.clone();
         eventually(Duration::from_secs(10), "gateway /healthz", || {
@@ -79,6 +87,20 @@ impl GatewayProc {
         })
         .await;
         me
+    }
+
+    /// Registers the gateway in etcd through a `switchyard-agent` sidecar (a supported
+    /// deployment for any gateway; it also works before the reference gateway embeds its
+    /// agent). The agent does not probe, so a killed gateway stays registered and
+    /// "serving" until the client reports it: exactly what `exclude` is for.
+    pub fn register(&mut self, etcd: &str, prefix: &str) {
+        let mut cmd = Command::new(bin_path("switchyard-agent"));
+        cmd.args(["--etcd", etcd, "--prefix", prefix, "--id", &self.id])
+            .args(["--tcp-addr", &self.tcp, "--ws-addr", &self.ws])
+            .args(["--region", "r1", "--zone", "z1", "--capacity", "1000"])
+            .args(["--ttl", "5s"]);
+        child_output(&mut cmd);
+        self.agent = Some(Child::spawn(cmd, &format!("agent {}", self.id)));
     }
 
     /// The bootstrap entry for this gateway (TCP).

@@ -94,9 +94,10 @@ async fn frozen_gateway_is_detected_by_the_heartbeat_and_left() {
     .await;
     let detected = t0.elapsed();
     eprintln!("frozen gateway detected after {detected:?} (bound: interval + timeout = 800 ms)");
-    // Worst case: the link went write-idle just before the freeze; 20 ms polling + scheduling slack.
+    // Worst case: the link went write-idle just before the freeze; plus polling and
+    // scheduling slack on a loaded 2-core machine.
     assert!(
-        detected <= Duration::from_millis(800 + 250),
+        detected <= Duration::from_millis(800 + 500),
         "detected after {detected:?}"
     );
     assert_eq!(
@@ -306,7 +307,7 @@ async fn drain_with_goaway_moves_every_client_inside_the_window() {
     eprintln!("6 clients moved off a draining gateway in {moved:?} (window {window:?})");
     // GOAWAY lands inside the window, and each client moves at a random moment inside it.
     assert!(
-        moved < window + Duration::from_millis(700),
+        moved < window + Duration::from_secs(1),
         "moved after {moved:?}"
     );
     for (c, _) in &clients {
@@ -333,4 +334,33 @@ async fn drain_with_goaway_moves_every_client_inside_the_window() {
     for (c, _) in &clients {
         c.close().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_link_carries_data_and_fails_over() {
+    init_tracing();
+    let (mut a, b) = two_gateways().await;
+    let client = fast_client("ws-1")
+        .protocol(switchyard_client::Protocol::Ws)
+        .bootstrap([
+            switchyard_client::Gateway::new(&a.id, &a.ws),
+            switchyard_client::Gateway::new(&b.id, &b.ws),
+        ])
+        .build()
+        .unwrap();
+    let mut messages = client.connect().await.unwrap();
+    assert_eq!(client.gateway().as_deref(), Some("gw-a"));
+    client.send("over ws").await.unwrap().await.unwrap();
+    let echo = tokio::time::timeout(Duration::from_secs(2), messages.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&echo[..], b"over ws");
+    a.child.kill();
+    assert_eq!(
+        wait_connected(&client, Some("gw-a"), Duration::from_secs(5)).await,
+        "gw-b"
+    );
+    client.send("after").await.unwrap().await.unwrap();
+    client.close().await;
 }

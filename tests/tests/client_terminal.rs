@@ -152,3 +152,46 @@ async fn every_gateway_down_gives_up_after_the_attempt_limit() {
     ));
     assert_eq!(client.stats().acked, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_elapsed_bounds_retrying_when_nothing_answers() {
+    init_tracing();
+    // A port nobody listens on: every attempt is refused at once.
+    let dead = switchyard_client::Gateway::new(
+        "gw-dead",
+        format!("127.0.0.1:{}", switchyard_tests::free_port()),
+    );
+    let client = fast_client("elapsed-1")
+        .max_elapsed(Some(Duration::from_secs(1)))
+        .bootstrap([dead])
+        .build()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let err = client.connect().await.unwrap_err();
+    let took = t0.elapsed();
+    assert!(
+        matches!(&err, Error::GaveUp(r) if r.contains("attempts failed")),
+        "{err}"
+    );
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(3),
+        "gave up after {took:?}"
+    );
+    let delays: Vec<Duration> = client
+        .history()
+        .iter()
+        .filter_map(|e| match e {
+            Event::Reconnecting { delay, .. } => Some(*delay),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        delays.len() >= 2,
+        "kept retrying until the limit: {delays:?}"
+    );
+    assert!(
+        delays.iter().all(|d| *d <= Duration::from_millis(400)),
+        "full jitter under the 400 ms cap: {delays:?}"
+    );
+    assert_eq!(client.history().last().map(Event::name), Some("gave_up"));
+}
