@@ -43,6 +43,9 @@ async fn main() {
     }
 }
 
+/// The routers' admin token; `switchyardctl --token` must match it for drains.
+const ADMIN_TOKEN: &str = "demo-admin-token";
+
 fn step(text: &str) {
     println!("\n▶ {text}");
 }
@@ -61,18 +64,19 @@ async fn run(args: &Args) -> Result<String> {
     let window = format!("{}ms", drain_window.as_millis());
 
     step("Starting etcd, 2 routers and 3 gateways (zone-a: gw-a1, gw-a2; zone-b: gw-b1)");
-    let gw = |id: &str, zone: &str| {
-        GatewaySpec::new(id, "local", zone).args(["--drain-window", &window])
+    // Sized so the swarm is a visible share of each gateway: agents skip load reports that
+    // move by less than 2 % of capacity.
+    let capacity = (clients as u64).max(100);
+    let gw = |id: &str, zone: &str| GatewaySpec {
+        capacity,
+        ..GatewaySpec::new(id, "local", zone).args(["--drain-window", &window])
     };
-    let mut cluster = Cluster::start(
-        2,
-        &[
-            gw("gw-a1", "zone-a"),
-            gw("gw-a2", "zone-a"),
-            gw("gw-b1", "zone-b"),
-        ],
-    )
-    .await;
+    let gateways = [
+        gw("gw-a1", "zone-a"),
+        gw("gw-a2", "zone-a"),
+        gw("gw-b1", "zone-b"),
+    ];
+    let mut cluster = Cluster::start_with(2, &["--admin-token", ADMIN_TOKEN], &gateways).await;
     println!("  etcd     {}", cluster.etcd.endpoint());
     for (i, r) in cluster.routers.iter().enumerate() {
         println!(
@@ -114,7 +118,7 @@ async fn run(args: &Args) -> Result<String> {
     // Let the agents report their counts so the table shows them.
     tokio::time::sleep(Duration::from_secs(3)).await;
     println!("\n  switchyardctl gateways:");
-    print_ctl(&cluster, &["gateways"]);
+    let _ = print_ctl(&cluster, &["gateways"]);
 
     step("Crashing gw-a1 (SIGKILL): its clients must fail over by themselves");
     let victims = swarm.on_gateway("gw-a1");
@@ -149,6 +153,13 @@ async fn run(args: &Args) -> Result<String> {
     );
     print_distribution(&swarm);
 
+    step("gw-a1's lease expires: the registry forgets it without anyone cleaning up");
+    cluster.wait_gone("gw-a1", Duration::from_secs(20)).await;
+    println!(
+        "  gone from every router {} ms after the crash (lease TTL 10 s)",
+        killed_at.elapsed().as_millis()
+    );
+
     step("gw-a1 comes back (its supervisor restarts it)");
     let spec = cluster
         .gateways
@@ -168,7 +179,19 @@ async fn run(args: &Args) -> Result<String> {
         drain_window.as_millis()
     ));
     let leaving = swarm.on_gateway("gw-b1");
-    print_ctl(&cluster, &["drain", "gw-b1", "--reason", "demo drain"]);
+    if !print_ctl(
+        &cluster,
+        &[
+            "--token",
+            ADMIN_TOKEN,
+            "drain",
+            "gw-b1",
+            "--reason",
+            "demo drain",
+        ],
+    ) {
+        bail!("switchyardctl drain failed");
+    }
     let drain_at = Instant::now();
     let deadline = drain_at + drain_window + Duration::from_secs(20);
     let mut last_print = Instant::now();
@@ -200,7 +223,7 @@ async fn run(args: &Args) -> Result<String> {
     step("Final balance");
     let dist = print_distribution(&swarm);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    print_ctl(&cluster, &["gateways"]);
+    let _ = print_ctl(&cluster, &["gateways"]);
     let lost = clients - swarm.connected();
     let ended = swarm.ended();
     if lost > 0 || !ended.is_empty() {
@@ -216,7 +239,7 @@ async fn run(args: &Args) -> Result<String> {
         swarm.connected(),
         victims.len(),
         leaving.len(),
-        drain_at.elapsed().as_millis(),
+        drain_took.as_millis(),
         dist.len(),
     );
     swarm.close().await;
@@ -233,7 +256,8 @@ fn print_distribution(swarm: &Swarm) -> std::collections::BTreeMap<String, usize
     dist
 }
 
-fn print_ctl(cluster: &Cluster, args: &[&str]) {
+/// Runs switchyardctl against the first router, indents its output; true on success.
+fn print_ctl(cluster: &Cluster, args: &[&str]) -> bool {
     let out = cluster.ctl(args);
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         println!("    {line}");
@@ -242,4 +266,5 @@ fn print_ctl(cluster: &Cluster, args: &[&str]) {
     if !err.trim().is_empty() {
         println!("    {}", err.trim());
     }
+    out.status.success()
 }
