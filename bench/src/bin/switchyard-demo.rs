@@ -212,10 +212,11 @@ async fn run(args: &Args) -> Result<String> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let drain_took = drain_at.elapsed();
     println!(
         "  all {} clients of gw-b1 moved in {} ms",
         leaving.len(),
-        drain_at.elapsed().as_millis()
+        drain_took.as_millis()
     );
     cluster.wait_gone("gw-b1", Duration::from_secs(30)).await;
     println!("  gw-b1 revoked its lease and left the registry");
