@@ -62,8 +62,9 @@ fn usage(text: &str) -> (BTreeMap<&'static str, BTreeSet<String>>, BTreeSet<Stri
         }
         if let Some(flag) = token.strip_prefix("--") {
             let flag = flag.split('=').next().unwrap_or("");
-            let valid =
-                !flag.is_empty() && flag.chars().all(|c| c.is_ascii_lowercase() || c == '-');
+            // `---` (a YAML document separator) is not a flag.
+            let valid = flag.starts_with(|c: char| c.is_ascii_lowercase())
+                && flag.chars().all(|c| c.is_ascii_lowercase() || c == '-');
             if let (true, Some(bin)) = (valid, current) {
                 flags.entry(bin).or_default().insert(format!("--{flag}"));
             }

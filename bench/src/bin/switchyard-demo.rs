@@ -251,7 +251,7 @@ fn print_distribution(swarm: &Swarm) -> std::collections::BTreeMap<String, usize
     let dist = swarm.distribution();
     let total: usize = dist.values().sum();
     for (gw, n) in &dist {
-        let width = if total == 0 { 0 } else { n * 40 / total };
+        let width = (n * 40).checked_div(total).unwrap_or(0);
         println!("  {gw:<7} {n:>6} {}", "#".repeat(width));
     }
     dist
