@@ -267,7 +267,7 @@ pub fn filter(c: &Candidate, ejected: bool, req: &Request<'_>) -> Option<Filtere
         Some(Filtered::NotServing)
     } else if ejected {
         Some(Filtered::Ejected)
-    } else if req.exclude.iter().any(|e| *e == c.id) {
+    } else if req.exclude.contains(&c.id) {
         Some(Filtered::Excluded)
     } else {
         None

@@ -196,9 +196,9 @@ fn main() {
                     truth[i] = 0;
                 }
             }
-            for c in 0..args.clients {
-                if on[c].is_some_and(|i| dead[i]) {
-                    on[c] = None;
+            for (c, slot) in on.iter_mut().enumerate() {
+                if slot.is_some_and(|i| dead[i]) {
+                    *slot = None;
                     relogins += 1;
                     queue.push(Reverse((at + rng.random_range(0..SPREAD_MS), Ev::Login(c))));
                 }
