@@ -3,11 +3,13 @@
 //! # Layout
 //! - [`swarm`]: many client-lib clients in one process, with per-client connection history
 //!   (who was where, when each link was lost and regained).
+//! - [`fixture`]: synthetic gateway records and the etcd-direct routing alternative.
 //! - [`stats`]: percentiles and one-line `name: key=value …` summaries.
 //!
 //! Binaries: `switchyard-demo` (the README's main job, run by `deploy/local/demo`) and the
 //! benchmark drivers (`bench/run-all` runs them and writes BENCHMARKS.md).
 #![forbid(unsafe_code)]
 
+pub mod fixture;
 pub mod stats;
 pub mod swarm;

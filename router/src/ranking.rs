@@ -304,6 +304,11 @@ pub fn slow_start_factor(p: &Params, started_at_ms: Option<i64>, now_ms: i64) ->
         .max(p.slow_start_min)
 }
 
+/// Bits of a `scratch` entry above the candidate index that hold its [`Tier`].
+const TIER_SHIFT: u32 = usize::BITS - 2;
+/// The candidate-index part of a `scratch` entry.
+const INDEX_MASK: usize = (1 << TIER_SHIFT) - 1;
+
 /// Ranks `cands` for `req` into `out` (cleared first). `scratch` is reused between calls so
 /// a Route allocates nothing per candidate.
 pub fn rank(
@@ -357,7 +362,10 @@ pub fn rank(
                 healthy[t] += 1;
                 load[t] += c.connections + live.pending(i);
                 cap[t] += c.capacity;
-                scratch.push(i);
+                // The tier rides in the top bits so sorting into pools compares integers,
+                // not region/zone strings (the string compares dominated Route at 1000+
+                // gateways).
+                scratch.push(i | (t << TIER_SHIFT));
             }
             Some(Filtered::Excluded) => {
                 // The client's own exclusion says nothing about the tier's health either.
@@ -383,8 +391,8 @@ pub fn rank(
             pool += 1;
         }
     }
-    let pool_key = |i: usize| pool_of[tier(&cands[i], req) as usize];
-    scratch.sort_by_key(|&i| (pool_key(i), i));
+    let pool_key = |e: usize| pool_of[e >> TIER_SHIFT];
+    scratch.sort_unstable_by_key(|&e| (pool_key(e), e & INDEX_MASK));
 
     let client_hash = stable_hash(req.client_id.as_bytes());
     let mut rng = SplitMix(req.seed ^ client_hash);
@@ -397,6 +405,9 @@ pub fn rank(
             end += 1;
         }
         let seg = &mut scratch[start..end];
+        for e in seg.iter_mut() {
+            *e &= INDEX_MASK;
+        }
         let mut a = 0;
         if out.is_empty() {
             let (pos, reason) = first_place(cands, live, req, p, client_hash, seg);
