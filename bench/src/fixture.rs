@@ -56,21 +56,7 @@ pub async fn put_records(client: &Client, prefix: &Prefix, count: usize) -> anyh
 
 /// The ranking input for a record, built like the router's view builder does.
 pub fn candidate(rec: &GatewayRecord) -> Candidate {
-    Candidate {
-        id: rec.id.clone(),
-        id_hash: ranking::stable_hash(rec.id.as_bytes()),
-        region: rec.region.clone(),
-        zone: rec.zone.clone(),
-        has_tcp: rec.addrs.tcp.is_some(),
-        has_ws: rec.addrs.ws.is_some(),
-        capacity: rec.capacity.max(1),
-        weight: rec.weight,
-        connections: rec.load.connections,
-        serving: rec.state == GatewayState::Serving,
-        draining: rec.state == GatewayState::Draining,
-        ops_drained: false,
-        started_at_ms: rec.started_at.map(|t| t.timestamp_millis()),
-    }
+    Candidate::from_record(rec, false)
 }
 
 /// What a team without a router does per login: read the whole prefix from etcd, decode

@@ -126,6 +126,29 @@ pub struct Candidate {
     pub started_at_ms: Option<i64>,
 }
 
+impl Candidate {
+    /// The ranking input for a registry record; `ops_drained` says whether `P/drain/<id>`
+    /// exists. The one place a record becomes a candidate (router view, benchmarks).
+    pub fn from_record(rec: &switchyard_registry::GatewayRecord, ops_drained: bool) -> Self {
+        use switchyard_registry::GatewayState;
+        Self {
+            id: rec.id.clone(),
+            id_hash: stable_hash(rec.id.as_bytes()),
+            region: rec.region.clone(),
+            zone: rec.zone.clone(),
+            has_tcp: rec.addrs.tcp.is_some(),
+            has_ws: rec.addrs.ws.is_some(),
+            capacity: rec.capacity.max(1),
+            weight: rec.weight,
+            connections: rec.load.connections,
+            serving: rec.state == GatewayState::Serving,
+            draining: rec.state == GatewayState::Draining,
+            ops_drained,
+            started_at_ms: rec.started_at.map(|t| t.timestamp_millis()),
+        }
+    }
+}
+
 /// What changes between snapshots without a registry write: hand-outs not yet reflected in
 /// a report, and outlier ejection. Indexed like the candidate slice.
 pub trait Live {

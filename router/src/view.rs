@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
-use switchyard_registry::{DrainRecord, Entry, GatewayRecord, GatewayState, Snapshot};
+use switchyard_registry::{DrainRecord, Entry, GatewayRecord, Snapshot};
 
 use crate::outlier;
 use crate::ranking::{self, Candidate};
@@ -161,21 +161,7 @@ impl Builder {
             }
             seen.insert(rec.id.clone(), ());
             let drain = drains.get(rec.id.as_str()).cloned();
-            candidates.push(Candidate {
-                id: rec.id.clone(),
-                id_hash: ranking::stable_hash(rec.id.as_bytes()),
-                region: rec.region.clone(),
-                zone: rec.zone.clone(),
-                has_tcp: rec.addrs.tcp.is_some(),
-                has_ws: rec.addrs.ws.is_some(),
-                capacity: rec.capacity.max(1),
-                weight: rec.weight,
-                connections: rec.load.connections,
-                serving: rec.state == GatewayState::Serving,
-                draining: rec.state == GatewayState::Draining,
-                ops_drained: drain.is_some(),
-                started_at_ms: rec.started_at.map(|t| t.timestamp_millis()),
-            });
+            candidates.push(Candidate::from_record(&rec, drain.is_some()));
             gateways.push(Gateway {
                 drain,
                 record: rec,
