@@ -462,3 +462,23 @@ async fn agent_kills(
     );
     Ok(gone)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_later_value_proves_an_earlier_write_visible() {
+        let t = Instant::now();
+        let obs = [
+            (1, t),
+            (4, t + Duration::from_millis(5)),
+            (5, t + Duration::from_millis(9)),
+        ];
+        assert_eq!(first_seen(&obs, 1), Some(t));
+        // Writes 2 and 3 were coalesced into the update carrying 4.
+        assert_eq!(first_seen(&obs, 3), Some(t + Duration::from_millis(5)));
+        assert_eq!(first_seen(&obs, 5), Some(t + Duration::from_millis(9)));
+        assert_eq!(first_seen(&obs, 6), None);
+    }
+}
