@@ -38,6 +38,9 @@ struct History {
     previous: Option<String>,
     /// When it last lost a link.
     lost_at: Option<Instant>,
+    /// Why it last lost a link (`heartbeat timeout`, `closed by gateway`, ...), so a driver
+    /// can tell a heartbeat detection from a reset.
+    lost_reason: Option<String>,
     /// When it last got a link.
     connected_at: Option<Instant>,
     /// Links gained after the first one.
@@ -64,6 +67,23 @@ pub struct Move {
     pub to: String,
     /// When the new link came up.
     pub at: Instant,
+}
+
+/// A client's last lost link and what followed it.
+#[derive(Debug, Clone)]
+pub struct Loss {
+    /// Client id.
+    pub client: String,
+    /// Gateway the lost link was to.
+    pub from: Option<String>,
+    /// When the client reported the link lost (its `Disconnected` event).
+    pub lost_at: Instant,
+    /// The `Disconnected` reason.
+    pub reason: String,
+    /// Gateway it is on now, if connected again.
+    pub to: Option<String>,
+    /// When the current link came up, if it came up after the loss.
+    pub reconnected_at: Option<Instant>,
 }
 
 /// The running swarm. Dropping it closes every client.
@@ -190,6 +210,29 @@ impl Swarm {
             .collect()
     }
 
+    /// For each of `clients` that lost a link at or after `since`: its last loss and, if it
+    /// is connected again, where and when.
+    pub fn losses_since(&self, clients: &[String], since: Instant) -> Vec<Loss> {
+        let wanted: std::collections::HashSet<&str> = clients.iter().map(String::as_str).collect();
+        self.members
+            .iter()
+            .filter(|(id, _)| wanted.contains(id.as_str()))
+            .filter_map(|(id, m)| {
+                let h = m.history.lock();
+                let lost_at = h.lost_at.filter(|t| *t >= since)?;
+                let reconnected_at = h.connected_at.filter(|t| *t >= lost_at);
+                Some(Loss {
+                    client: id.clone(),
+                    from: h.previous.clone(),
+                    lost_at,
+                    reason: h.lost_reason.clone().unwrap_or_default(),
+                    to: reconnected_at.and(h.gateway.clone()),
+                    reconnected_at,
+                })
+            })
+            .collect()
+    }
+
     /// Clients that ended for good (kicked or gave up), with the reason.
     pub fn ended(&self) -> Vec<(String, String)> {
         self.members
@@ -237,9 +280,10 @@ fn record(m: &Member, e: Event) {
             h.gateway = Some(gateway);
             h.connected_at = Some(Instant::now());
         }
-        Event::Disconnected { .. } => {
+        Event::Disconnected { reason } => {
             h.previous = h.gateway.take();
             h.lost_at = Some(Instant::now());
+            h.lost_reason = Some(reason);
         }
         Event::Kicked { reason, .. } => {
             h.previous = h.gateway.take();
