@@ -276,7 +276,9 @@ pub enum RouteError {
 pub struct Routers {
     /// One lazily connected channel per endpoint.
     clients: Vec<(String, v1::router_client::RouterClient<Channel>)>,
-    /// Index of the endpoint that answered last: asked first next time.
+    /// Index of the endpoint that answered last: asked first next time. Starts at a random
+    /// endpoint so a fleet of clients spreads over the replicas instead of all asking the
+    /// first one listed.
     preferred: usize,
     /// Deadline of one `Route` call.
     timeout: Duration,
@@ -295,9 +297,14 @@ impl Routers {
                 Ok((u.clone(), v1::router_client::RouterClient::new(ch)))
             })
             .collect::<Result<Vec<_>, tonic::transport::Error>>()?;
+        let preferred = if clients.is_empty() {
+            0
+        } else {
+            rand::random_range(0..clients.len())
+        };
         Ok(Self {
             clients,
-            preferred: 0,
+            preferred,
             timeout,
         })
     }
@@ -397,6 +404,21 @@ mod tests {
             log.record(&format!("g{i}"), "x", t0, 0, Duration::from_secs(1));
         }
         assert_eq!(log.excluded(t0).len(), FailureLog::MAX);
+    }
+
+    #[tokio::test]
+    async fn clients_start_at_a_random_router() {
+        let urls = [
+            "http://127.0.0.1:1".to_string(),
+            "http://127.0.0.1:2".to_string(),
+        ];
+        let mut seen = [0usize; 2];
+        for _ in 0..64 {
+            let routers = Routers::new(&urls, Duration::from_secs(1)).expect("valid urls");
+            seen[routers.preferred] += 1;
+        }
+        // All 64 on one replica has probability 2^-63.
+        assert!(seen[0] > 0 && seen[1] > 0, "start spread {seen:?}");
     }
 
     #[test]

@@ -128,6 +128,8 @@ pub struct LeaseSession {
     recheck: Arc<Notify>,
     /// Lease state, for the owner.
     state: watch::Receiver<LeaseState>,
+    /// The task's sender, kept here too so `revoke` can say `Revoked` after the task is gone.
+    state_tx: watch::Sender<LeaseState>,
     /// The keepalive task; aborted on drop.
     task: JoinHandle<()>,
 }
@@ -179,7 +181,7 @@ impl LeaseSession {
                 ttl,
                 shared: shared.clone(),
                 recheck: recheck.clone(),
-                state: state_tx,
+                state: state_tx.clone(),
             }
             .run(),
         );
@@ -189,6 +191,7 @@ impl LeaseSession {
             shared,
             recheck,
             state,
+            state_tx,
             task,
         })
     }
@@ -289,6 +292,7 @@ impl LeaseSession {
             })?;
         }
         info!(key = %self.key, "lease revoked");
+        self.state_tx.send_replace(LeaseState::Revoked);
         Ok(())
     }
 }

@@ -74,11 +74,17 @@ async fn registered_record_is_visible_with_its_lease_and_updates_land() {
     let got: serde_json::Value = serde_json::from_slice(value.kvs()[0].value()).unwrap();
     assert_eq!(got["load"]["connections"], 42);
 
+    let state = session.state();
     session.revoke().await.unwrap();
     assert_eq!(
         lease_of(&client, &key).await,
         None,
         "revoke deletes the key"
+    );
+    assert_eq!(
+        *state.borrow(),
+        LeaseState::Revoked,
+        "the owner hears of it"
     );
 }
 
