@@ -109,6 +109,21 @@ async fn bad_flags_are_refused_with_a_clear_message() {
             "is not tcp://host:port",
         ),
         ("gw-bad", &["--label", "novalue"][..], "is not key=value"),
+        (
+            "gw-bad",
+            &["--probe", "tcp://127.0.0.1:1", "--probe-ca", "/nonexistent"][..],
+            "--probe-ca needs an https://",
+        ),
+        (
+            "gw-bad",
+            &[
+                "--probe",
+                "https://127.0.0.1:1/",
+                "--probe-ca",
+                "/nonexistent",
+            ][..],
+            "CA file /nonexistent",
+        ),
     ] {
         let mut cmd = command("http://127.0.0.1:1", &prefix, id);
         cmd.args(flags).stderr(std::process::Stdio::piped());

@@ -78,6 +78,10 @@ struct Flags {
     /// URL answering {"connections": n, "cpu": x}; wins over --count-conns-on.
     #[arg(long, env = "SWITCHYARD_LOAD_URL")]
     load_url: Option<String>,
+    /// PEM file of a private CA to trust (besides the public roots) for an https:// probe
+    /// and --load-url.
+    #[arg(long, env = "SWITCHYARD_PROBE_CA")]
+    probe_ca: Option<std::path::PathBuf>,
     /// At most one load-driven record write per this interval.
     #[arg(long, env = "SWITCHYARD_REPORT_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
     report_interval: Duration,
@@ -129,14 +133,35 @@ impl Flags {
         a.report_max_interval = self.report_max_interval;
         a.takeover = self.takeover;
         a.validate()?;
+        let mut probe = self.probe.as_deref().map(Probe::parse).transpose()?;
+        let mut load_url = self.load_url.as_deref().map(Target::parse).transpose()?;
+        if let Some(ca) = &self.probe_ca {
+            let mut https = [
+                match probe.as_mut() {
+                    Some(Probe::Http(t)) => Some(t),
+                    _ => None,
+                },
+                load_url.as_mut(),
+            ]
+            .into_iter()
+            .flatten()
+            .filter(|t| t.is_tls())
+            .peekable();
+            if https.peek().is_none() {
+                bail!("--probe-ca needs an https:// --probe or --load-url");
+            }
+            for t in https {
+                *t = t.clone().with_ca(ca)?;
+            }
+        }
         let s = sidecar::Config {
-            probe: self.probe.as_deref().map(Probe::parse).transpose()?,
+            probe,
             probe_interval: self.probe_interval,
             probe_timeout: self.probe_timeout,
             rise: self.rise,
             fall: self.fall,
             count_conns_on: self.count_conns_on,
-            load_url: self.load_url.as_deref().map(Target::parse).transpose()?,
+            load_url,
             load_interval: self.report_interval.min(Duration::from_secs(1)),
             drain_grace: self.drain_grace,
         };
