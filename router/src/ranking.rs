@@ -522,11 +522,10 @@ impl Index {
     /// Indexes `cands` (at most `u32::MAX` of them).
     pub fn new(cands: &[Candidate]) -> Self {
         assert!(u32::try_from(cands.len()).is_ok(), "too many candidates");
+        // Few distinct names among many candidates: a set, not a sort of every name.
         let names = |field: fn(&Candidate) -> &str| {
-            let mut v: Vec<&str> = cands.iter().map(field).collect();
-            v.sort_unstable();
-            v.dedup();
-            v.into_iter().map(str::to_owned).collect::<Vec<_>>()
+            let set: std::collections::BTreeSet<&str> = cands.iter().map(field).collect();
+            set.into_iter().map(str::to_owned).collect::<Vec<_>>()
         };
         let regions = names(|c| &c.region);
         let zones = names(|c| &c.zone);
@@ -949,12 +948,23 @@ fn first_place_indexed(
         let w = c.capacity as f64
             * f64::from(c.weight)
             * slow_start_factor(p, c.started_at_ms, req.now_ms);
-        let s = hrw_score(client_hash, c.id_hash, w);
+        let u = hrw_uniform(client_hash, c.id_hash);
+        // `-ln u >= 1 - u`, so `w / (1 - u)` bounds the score from above without the
+        // logarithm (the costly part). A gateway whose bound cannot beat the best under
+        // the load bound (and so not the best overall either) cannot change the answer;
+        // the margin covers rounding, so the skip never changes a comparison.
+        if let Some((_, b)) = best
+            && w / (1.0 - u) * (1.0 + 1e-9) < b
+        {
+            continue;
+        }
+        let s = w / -u.ln();
         if s > best_any.1 {
             best_any = (pos, s);
         }
-        if within_bound(p.bound, e.load, c.capacity, pool_load, pool_cap)
-            && best.is_none_or(|(_, b)| s > b)
+        // Same test as `first_place`, cheaper half first.
+        if best.is_none_or(|(_, b)| s > b)
+            && within_bound(p.bound, e.load, c.capacity, pool_load, pool_cap)
         {
             best = Some((pos, s));
         }
@@ -1044,10 +1054,13 @@ fn headroom_score(
 /// Weighted rendezvous score (the logarithmic method): each gateway wins a client with
 /// probability proportional to `weight`, and removing one gateway moves only its clients.
 pub fn hrw_score(client_hash: u64, id_hash: u64, weight: f64) -> f64 {
+    weight / -hrw_uniform(client_hash, id_hash).ln()
+}
+
+/// The pair's uniform draw in (0, 1): 53 random bits, never 0 or 1.
+fn hrw_uniform(client_hash: u64, id_hash: u64) -> f64 {
     let h = mix64(client_hash ^ mix64(id_hash));
-    // Uniform in (0, 1): 53 random bits, never 0 or 1.
-    let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-    weight / -u.ln()
+    ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64
 }
 
 /// FNV-1a followed by a SplitMix64 finaliser: stable across platforms, Rust releases and

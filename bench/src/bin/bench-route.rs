@@ -142,13 +142,16 @@ async fn main() -> Result<()> {
         summary.push(format!(
             "g{count}_rps={:.0} g{count}_p50_ms={:.2} g{count}_p99_ms={:.2} g{count}_p999_ms={:.2} \
              g{count}_direct_rps={:.1} g{count}_vs_etcd={vs_etcd:.1} g{count}_floor_rps={:.0} \
-             g{count}_vs_floor={vs_floor:.2} g{count}_rank_us={:.2} g{count}_rank_ref_us={:.2}",
+             g{count}_vs_floor={vs_floor:.2} g{count}_server_us={:.1} g{count}_floor_server_us={:.1} \
+             g{count}_rank_us={:.2} g{count}_rank_ref_us={:.2}",
             routed.rps(),
             routed.p50_us / 1e3,
             routed.p99_us / 1e3,
             routed.p999_us / 1e3,
             direct.rps(),
             floor.rps(),
+            routed.server_us(),
+            floor.server_us(),
             cost.indexed_us,
             cost.reference_us,
         ));
@@ -314,14 +317,27 @@ impl Measured {
         self.calls as f64 / self.secs.max(1e-9)
     }
 
+    /// Server CPU per call in µs: what a call costs the router (or floor) process, which
+    /// unlike the rate does not depend on how many cores other processes leave us.
+    fn server_us(&self) -> f64 {
+        self.server_cores * 1e6 / self.rps().max(1e-9)
+    }
+
+    /// Caller-process CPU per call in µs.
+    fn caller_us(&self) -> f64 {
+        self.caller_cores * 1e6 / self.rps().max(1e-9)
+    }
+
     fn fmt(&self) -> String {
         format!(
-            "rps={:.0} p50={:.0}us p99={:.0}us p999={:.0}us errors={} | cores: server={:.2} callers={:.2} machine={:.2} of {}",
+            "rps={:.0} p50={:.0}us p99={:.0}us p999={:.0}us errors={} | cpu per call: server={:.1}us callers={:.1}us | cores: server={:.2} callers={:.2} machine={:.2} of {}",
             self.rps(),
             self.p50_us,
             self.p99_us,
             self.p999_us,
             self.errors,
+            self.server_us(),
+            self.caller_us(),
             self.server_cores,
             self.caller_cores,
             self.machine_cores,
