@@ -88,7 +88,9 @@ pub async fn etcd_direct_route(
         seed: 0,
     };
     let (mut scratch, mut out) = (Vec::new(), Vec::new());
-    ranking::rank(
+    // The plain scan: for one call on a freshly read registry, building an index first
+    // would only add work.
+    ranking::rank_reference(
         &cands,
         &NoLive,
         &req,

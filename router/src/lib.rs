@@ -109,6 +109,7 @@ pub async fn run(
         contact_ms: AtomicI64::new(0),
         connected: AtomicBool::new(false),
         routes_total: AtomicU64::new(0),
+        route_metrics: service::RouteMetrics::new(),
     });
     let stop = CancellationToken::new();
     // Background tasks end with `run`, also when its future is dropped (aborted).
@@ -260,9 +261,14 @@ pub async fn run(
         .add_service(reflection)
         .add_service(RouterServer::new(router))
         .add_service(AdminServer::new(admin))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listeners.grpc), async move {
-            grpc_stop.cancelled().await;
-        })
+        // Small request/response pairs: without TCP_NODELAY, Nagle holds a response back
+        // until the previous segment is acknowledged (delayed ACK, up to 40 ms).
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
+            async move {
+                grpc_stop.cancelled().await;
+            },
+        )
         .await;
     stop.cancel();
     drop(watcher);

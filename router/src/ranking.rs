@@ -332,9 +332,10 @@ const TIER_SHIFT: u32 = usize::BITS - 2;
 /// The candidate-index part of a `scratch` entry.
 const INDEX_MASK: usize = (1 << TIER_SHIFT) - 1;
 
-/// Ranks `cands` for `req` into `out` (cleared first). `scratch` is reused between calls so
-/// a Route allocates nothing per candidate.
-pub fn rank(
+/// The plain full scan: filters, tiers and sorts *every* candidate per call (O(n log n)).
+/// It is the specification [`rank`] is tested against (same `out`, same [`NoRoute`]), and
+/// what a client ranking a registry it just read would run once (the etcd-direct bench).
+pub fn rank_reference(
     cands: &[Candidate],
     live: &impl Live,
     req: &Request<'_>,
@@ -481,6 +482,508 @@ pub fn rank(
     Ok(())
 }
 
+/// Candidate indices grouped by locality, built once per candidate slice (the router builds
+/// one per view) so a Route visits only the pools it needs: the request's zone, then its
+/// region, and the rest only when those spill or run short. Regions and zones become
+/// integer ids here, so a Route compares no locality strings per candidate.
+///
+/// It depends only on the candidates' ids, regions and zones: everything else (load,
+/// state, addresses, capacity, weight) is read from the slice on every call, so a caller
+/// may update those in place and keep the index.
+#[derive(Clone, Default)]
+pub struct Index {
+    /// Per candidate: `(region id, zone id)`.
+    locality: Vec<(u32, u32)>,
+    /// Distinct regions, sorted; a region's id is its position.
+    regions: Vec<String>,
+    /// Distinct zones (across regions), sorted; a zone's id is its position.
+    zones: Vec<String>,
+    /// Candidate indices per region id, ascending.
+    by_region: Vec<Vec<u32>>,
+    /// Candidate indices per zone id (any region), ascending.
+    by_zone: Vec<Vec<u32>>,
+    /// Candidate indices per `(region id, zone id)`, sorted by key, each ascending.
+    by_group: Vec<((u32, u32), Vec<u32>)>,
+    /// Candidate indices ordered by id, to resolve `exclude` without a scan.
+    by_id: Vec<u32>,
+}
+
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Index")
+            .field("candidates", &self.locality.len())
+            .field("regions", &self.regions.len())
+            .field("zones", &self.zones.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Index {
+    /// Indexes `cands` (at most `u32::MAX` of them).
+    pub fn new(cands: &[Candidate]) -> Self {
+        assert!(u32::try_from(cands.len()).is_ok(), "too many candidates");
+        // Few distinct names among many candidates: a set, not a sort of every name.
+        let names = |field: fn(&Candidate) -> &str| {
+            let set: std::collections::BTreeSet<&str> = cands.iter().map(field).collect();
+            set.into_iter().map(str::to_owned).collect::<Vec<_>>()
+        };
+        let regions = names(|c| &c.region);
+        let zones = names(|c| &c.zone);
+        let id_of = |names: &[String], s: &str| {
+            names
+                .binary_search_by(|n| n.as_str().cmp(s))
+                .expect("interned above") as u32
+        };
+        let mut by_region = vec![Vec::new(); regions.len()];
+        let mut by_zone = vec![Vec::new(); zones.len()];
+        let mut groups: std::collections::BTreeMap<(u32, u32), Vec<u32>> = Default::default();
+        let mut locality = Vec::with_capacity(cands.len());
+        for (i, c) in cands.iter().enumerate() {
+            let (r, z) = (id_of(&regions, &c.region), id_of(&zones, &c.zone));
+            locality.push((r, z));
+            by_region[r as usize].push(i as u32);
+            by_zone[z as usize].push(i as u32);
+            groups.entry((r, z)).or_default().push(i as u32);
+        }
+        let mut by_id: Vec<u32> = (0..cands.len() as u32).collect();
+        // A view is already sorted by id; only other callers pay for the sort.
+        if !cands.windows(2).all(|w| w[0].id <= w[1].id) {
+            by_id.sort_by(|&a, &b| cands[a as usize].id.cmp(&cands[b as usize].id));
+        }
+        Self {
+            locality,
+            regions,
+            zones,
+            by_region,
+            by_zone,
+            by_group: groups.into_iter().collect(),
+            by_id,
+        }
+    }
+
+    /// Number of candidates indexed.
+    pub fn len(&self) -> usize {
+        self.locality.len()
+    }
+
+    /// True when built from no candidates.
+    pub fn is_empty(&self) -> bool {
+        self.locality.is_empty()
+    }
+
+    fn group(&self, region: u32, zone: u32) -> &[u32] {
+        self.by_group
+            .binary_search_by_key(&(region, zone), |(k, _)| *k)
+            .map_or(&[], |g| &self.by_group[g].1)
+    }
+
+    /// Pushes the indices of every candidate named `id`.
+    fn find_id(&self, cands: &[Candidate], id: &str, into: &mut Vec<u32>) {
+        let start = self
+            .by_id
+            .partition_point(|&i| cands[i as usize].id.as_str() < id);
+        for &i in &self.by_id[start..] {
+            if cands[i as usize].id != id {
+                break;
+            }
+            into.push(i);
+        }
+    }
+}
+
+/// Buffers [`rank`] reuses between calls, so a Route allocates nothing once they have grown.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    /// Eligible candidates per tier, ascending by index.
+    tiers: [Vec<Entry>; 3],
+    /// The pool being ranked.
+    seg: Vec<Entry>,
+    /// Indices named in the request's `exclude`, sorted.
+    excluded: Vec<u32>,
+}
+
+impl Scratch {
+    /// Empty buffers.
+    pub const fn new() -> Self {
+        Self {
+            tiers: [Vec::new(), Vec::new(), Vec::new()],
+            seg: Vec::new(),
+            excluded: Vec::new(),
+        }
+    }
+}
+
+/// An eligible candidate and the load it was seen with (read once per call, since reading
+/// the live counters chases pointers).
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    index: u32,
+    load: u64,
+}
+
+/// The request's locality as index ids. A name the index does not know matches no
+/// candidate, exactly as a string compare would.
+#[derive(Debug, Clone, Copy)]
+struct Near {
+    region_named: bool,
+    zone_named: bool,
+    region: Option<u32>,
+    zone: Option<u32>,
+}
+
+impl Near {
+    fn new(index: &Index, req: &Request<'_>) -> Self {
+        let find = |names: &[String], s: &str| {
+            names
+                .binary_search_by(|n| n.as_str().cmp(s))
+                .ok()
+                .map(|i| i as u32)
+        };
+        Self {
+            region_named: !req.region.is_empty(),
+            zone_named: !req.zone.is_empty(),
+            region: find(&index.regions, req.region).filter(|_| !req.region.is_empty()),
+            zone: find(&index.zones, req.zone).filter(|_| !req.zone.is_empty()),
+        }
+    }
+
+    /// [`tier`] on ids.
+    fn tier(&self, (region, zone): (u32, u32)) -> Tier {
+        let region_ok = !self.region_named || self.region == Some(region);
+        if self.zone_named && self.zone == Some(zone) && region_ok {
+            Tier::Zone
+        } else if self.region_named && self.region == Some(region) {
+            Tier::Region
+        } else {
+            Tier::Other
+        }
+    }
+}
+
+/// What the spill rules need of one tier (same counting as [`rank_reference`]).
+#[derive(Debug, Clone, Copy, Default)]
+struct TierStats {
+    /// Gateways that count for the healthy share.
+    total: usize,
+    healthy: usize,
+    /// Load and capacity of the eligible ones.
+    load: u64,
+    cap: u64,
+}
+
+impl TierStats {
+    /// Healthy and roomy enough to keep its clients (else it spills into the next tier).
+    fn keeps(&self, p: &Params) -> bool {
+        let share_ok =
+            self.total > 0 && self.healthy as f64 >= p.panic_threshold * self.total as f64;
+        let headroom_ok = self.cap > 0
+            && (self.cap.saturating_sub(self.load)) as f64 >= p.min_tier_headroom * self.cap as f64;
+        share_ok && headroom_ok
+    }
+}
+
+/// Everything a tier scan needs besides the list it walks.
+struct Ctx<'a, L> {
+    cands: &'a [Candidate],
+    index: &'a Index,
+    live: &'a L,
+    req: &'a Request<'a>,
+    near: Near,
+    excluded: &'a [u32],
+}
+
+impl<L: Live> Ctx<'_, L> {
+    /// The candidates of tier `want` among `list` (ascending), filtered like
+    /// [`rank_reference`] does, into `out`; returns the tier's counts.
+    fn scan(&self, want: Tier, list: impl Iterator<Item = u32>, out: &mut Vec<Entry>) -> TierStats {
+        out.clear();
+        let mut st = TierStats::default();
+        for i in list {
+            let iu = i as usize;
+            if self.near.tier(self.index.locality[iu]) != want {
+                continue;
+            }
+            let c = &self.cands[iu];
+            let has_addr = match self.req.protocol {
+                Protocol::Tcp => c.has_tcp,
+                Protocol::Ws => c.has_ws,
+            };
+            // No address, an ops drain or a deliberate drain: not part of the tier at all.
+            if !has_addr || c.ops_drained || (!c.serving && c.draining) {
+                continue;
+            }
+            st.total += 1;
+            if !c.serving || self.live.ejected(iu) {
+                continue;
+            }
+            st.healthy += 1;
+            if !self.excluded.is_empty() && self.excluded.binary_search(&i).is_ok() {
+                continue;
+            }
+            let load = c.connections + self.live.pending(iu);
+            st.load += load;
+            st.cap += c.capacity;
+            out.push(Entry { index: i, load });
+        }
+        st
+    }
+
+    /// Scans tier `t` over the narrowest list that holds it.
+    fn scan_tier(&self, t: usize, out: &mut Vec<Entry>) -> TierStats {
+        let (near, index) = (self.near, self.index);
+        match t {
+            0 => {
+                let list: &[u32] =
+                    match (near.zone_named, near.zone, near.region_named, near.region) {
+                        (true, Some(z), true, Some(r)) => index.group(r, z),
+                        (true, Some(z), false, _) => &index.by_zone[z as usize],
+                        _ => &[],
+                    };
+                self.scan(Tier::Zone, list.iter().copied(), out)
+            }
+            1 => {
+                let list: &[u32] = match near.region {
+                    Some(r) => &index.by_region[r as usize],
+                    None => &[],
+                };
+                self.scan(Tier::Region, list.iter().copied(), out)
+            }
+            _ => self.scan(Tier::Other, 0..index.len() as u32, out),
+        }
+    }
+}
+
+/// Ranks `cands` for `req` into `out` (cleared first). `index` must have been built from
+/// the same candidate ids and localities ([`Index::new`]); `scratch` is reused between
+/// calls. Gives exactly the answer of [`rank_reference`], but visits only the tiers it
+/// needs: the request's zone, its region when the zone spills or has fewer eligible
+/// gateways than `limit`, everything else only when both do.
+pub fn rank(
+    cands: &[Candidate],
+    index: &Index,
+    live: &impl Live,
+    req: &Request<'_>,
+    p: &Params,
+    scratch: &mut Scratch,
+    out: &mut Vec<Placed>,
+) -> Result<(), NoRoute> {
+    assert_eq!(
+        index.len(),
+        cands.len(),
+        "ranking index built for another candidate slice"
+    );
+    out.clear();
+    let Scratch {
+        tiers,
+        seg,
+        excluded,
+    } = scratch;
+    excluded.clear();
+    for id in req.exclude {
+        index.find_id(cands, id, excluded);
+    }
+    excluded.sort_unstable();
+    let ctx = Ctx {
+        cands,
+        index,
+        live,
+        req,
+        near: Near::new(index, req),
+        excluded,
+    };
+    let limit = req.limit.max(1);
+    let mut stats = [TierStats::default(); 3];
+    let mut scanned = [false; 3];
+    stats[0] = ctx.scan_tier(0, &mut tiers[0]);
+    scanned[0] = true;
+    let keeps0 = stats[0].keeps(p);
+    // Pools as in `rank_reference`: a tier that does not keep its clients merges into the
+    // next one. The last tier's own state never matters.
+    let mut pool_of = [0u8, 1, 2];
+    if !(keeps0 && tiers[0].len() >= limit) {
+        stats[1] = ctx.scan_tier(1, &mut tiers[1]);
+        scanned[1] = true;
+        let keeps1 = stats[1].keeps(p);
+        pool_of = [0, u8::from(keeps0), u8::from(keeps0) + u8::from(keeps1)];
+    }
+    // Otherwise the zone alone fills the answer and the other pools are never reached.
+
+    let client_hash = stable_hash(req.client_id.as_bytes());
+    let mut rng = SplitMix(req.seed ^ client_hash);
+    let mut t = 0;
+    while t < 3 && out.len() < limit {
+        let mut end = t + 1;
+        while end < 3 && pool_of[end] == pool_of[t] {
+            end += 1;
+        }
+        let (mut pool_load, mut pool_cap) = (0u64, 0u64);
+        for u in t..end {
+            if !scanned[u] {
+                stats[u] = ctx.scan_tier(u, &mut tiers[u]);
+                scanned[u] = true;
+            }
+            pool_load += stats[u].load;
+            pool_cap += stats[u].cap;
+        }
+        // The pool in ascending candidate order, as the reference's sort leaves it.
+        seg.clear();
+        seg.extend_from_slice(&tiers[t]);
+        for u in t + 1..end {
+            let (lo, hi) = tiers.split_at_mut(u);
+            let spare = &mut lo[t];
+            merge_by_index(seg, &hi[0], spare);
+            std::mem::swap(seg, spare);
+        }
+        let mut a = 0;
+        if !seg.is_empty() && out.is_empty() {
+            let (pos, reason) =
+                first_place_indexed(cands, req, p, client_hash, seg, pool_load, pool_cap);
+            seg.swap(0, pos);
+            let i = seg[0].index as usize;
+            out.push(Placed {
+                index: i,
+                tier: ctx.near.tier(index.locality[i]),
+                score: 0.0,
+                reason,
+            });
+            a = 1;
+        }
+        while a < seg.len() && out.len() < limit {
+            let rest = seg.len() - a;
+            let pick = if rest == 1 {
+                a
+            } else {
+                let x = a + (rng.next() % rest as u64) as usize;
+                let mut y = a + (rng.next() % (rest as u64 - 1)) as usize;
+                if y >= x {
+                    y += 1;
+                }
+                let hx = headroom_of(&cands[seg[x].index as usize], seg[x].load, req, p);
+                let hy = headroom_of(&cands[seg[y].index as usize], seg[y].load, req, p);
+                if hy > hx || (hy == hx && seg[y].index < seg[x].index) {
+                    y
+                } else {
+                    x
+                }
+            };
+            seg.swap(a, pick);
+            let i = seg[a].index as usize;
+            out.push(Placed {
+                index: i,
+                tier: ctx.near.tier(index.locality[i]),
+                score: 0.0,
+                reason: Reason::Headroom,
+            });
+            a += 1;
+        }
+        t = end;
+    }
+    if out.is_empty() {
+        // Nothing eligible in any tier (every tier was scanned): count why, over everything.
+        return Err(no_route(cands, live, req));
+    }
+    let n = out.len();
+    for (rank, placed) in out.iter_mut().enumerate() {
+        placed.score = (n - rank) as f64;
+    }
+    Ok(())
+}
+
+/// Merges two index-ascending runs into `out` (cleared first).
+fn merge_by_index(a: &[Entry], b: &[Entry], out: &mut Vec<Entry>) {
+    out.clear();
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        if a[i].index <= b[j].index {
+            out.push(a[i]);
+            i += 1;
+        } else {
+            out.push(b[j]);
+            j += 1;
+        }
+    }
+    out.extend_from_slice(&a[i..]);
+    out.extend_from_slice(&b[j..]);
+}
+
+/// The [`NoRoute`] counts of [`rank_reference`], for when nothing is eligible.
+fn no_route(cands: &[Candidate], live: &impl Live, req: &Request<'_>) -> NoRoute {
+    let mut n = NoRoute {
+        registered: cands.len(),
+        protocol: req.protocol.as_str(),
+        no_address: 0,
+        not_serving: 0,
+        ops_drained: 0,
+        ejected: 0,
+        excluded: 0,
+    };
+    for (i, c) in cands.iter().enumerate() {
+        match filter(c, live.ejected(i), req) {
+            None => {}
+            Some(Filtered::NoAddress) => n.no_address += 1,
+            Some(Filtered::OpsDrained) => n.ops_drained += 1,
+            Some(Filtered::NotServing) => n.not_serving += 1,
+            Some(Filtered::Ejected) => n.ejected += 1,
+            Some(Filtered::Excluded) => n.excluded += 1,
+        }
+    }
+    n
+}
+
+/// [`first_place`] over entries whose load was read during the scan, with the pool's load
+/// and capacity already summed.
+fn first_place_indexed(
+    cands: &[Candidate],
+    req: &Request<'_>,
+    p: &Params,
+    client_hash: u64,
+    seg: &[Entry],
+    pool_load: u64,
+    pool_cap: u64,
+) -> (usize, Reason) {
+    let mut best: Option<(usize, f64)> = None;
+    let mut best_any: (usize, f64) = (0, f64::NEG_INFINITY);
+    for (pos, e) in seg.iter().enumerate() {
+        let c = &cands[e.index as usize];
+        let w = c.capacity as f64
+            * f64::from(c.weight)
+            * slow_start_factor(p, c.started_at_ms, req.now_ms);
+        let u = hrw_uniform(client_hash, c.id_hash);
+        // `-ln u >= 1 - u`, so `w / (1 - u)` bounds the score from above without the
+        // logarithm (the costly part). A gateway whose bound cannot beat the best under
+        // the load bound (and so not the best overall either) cannot change the answer;
+        // the margin covers rounding, so the skip never changes a comparison.
+        if let Some((_, b)) = best
+            && w / (1.0 - u) * (1.0 + 1e-9) < b
+        {
+            continue;
+        }
+        let s = w / -u.ln();
+        if s > best_any.1 {
+            best_any = (pos, s);
+        }
+        // Same test as `first_place`, cheaper half first.
+        if best.is_none_or(|(_, b)| s > b)
+            && within_bound(p.bound, e.load, c.capacity, pool_load, pool_cap)
+        {
+            best = Some((pos, s));
+        }
+    }
+    match best {
+        Some((pos, _)) => (pos, Reason::Sticky),
+        None => (best_any.0, Reason::StickyOverBound),
+    }
+}
+
+/// [`headroom_score`] with the load read during the scan.
+fn headroom_of(c: &Candidate, load: u64, req: &Request<'_>, p: &Params) -> f64 {
+    let headroom = 1.0 - load as f64 / c.capacity as f64;
+    if headroom <= 0.0 {
+        return headroom;
+    }
+    headroom * slow_start_factor(p, c.started_at_ms, req.now_ms) * f64::from(c.weight) / 100.0
+}
+
 /// Rendezvous choice inside one pool, skipping gateways over the load bound. Returns the
 /// position in `seg`.
 fn first_place(
@@ -551,10 +1054,13 @@ fn headroom_score(
 /// Weighted rendezvous score (the logarithmic method): each gateway wins a client with
 /// probability proportional to `weight`, and removing one gateway moves only its clients.
 pub fn hrw_score(client_hash: u64, id_hash: u64, weight: f64) -> f64 {
+    weight / -hrw_uniform(client_hash, id_hash).ln()
+}
+
+/// The pair's uniform draw in (0, 1): 53 random bits, never 0 or 1.
+fn hrw_uniform(client_hash: u64, id_hash: u64) -> f64 {
     let h = mix64(client_hash ^ mix64(id_hash));
-    // Uniform in (0, 1): 53 random bits, never 0 or 1.
-    let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-    weight / -u.ln()
+    ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64
 }
 
 /// FNV-1a followed by a SplitMix64 finaliser: stable across platforms, Rust releases and
@@ -589,6 +1095,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    #[derive(Debug)]
     struct Fixed {
         pending: Vec<u64>,
         ejected: Vec<bool>,
@@ -646,16 +1153,39 @@ mod tests {
     }
 
     fn run(cands: &[Candidate], live: &Fixed, r: &Request<'_>) -> Result<Vec<Placed>, NoRoute> {
+        run_with(cands, live, r, &Params::default())
+    }
+
+    /// The indexed rank, checked against the reference on every call the tests make.
+    fn run_with(
+        cands: &[Candidate],
+        live: &Fixed,
+        r: &Request<'_>,
+        p: &Params,
+    ) -> Result<Vec<Placed>, NoRoute> {
         let mut out = Vec::new();
-        rank(
+        let got = rank(
             cands,
+            &Index::new(cands),
             live,
             r,
-            &Params::default(),
-            &mut Vec::new(),
+            p,
+            &mut Scratch::new(),
             &mut out,
         )
-        .map(|()| out)
+        .map(|()| out);
+        assert_eq!(got, reference(cands, live, r, p));
+        got
+    }
+
+    fn reference(
+        cands: &[Candidate],
+        live: &Fixed,
+        r: &Request<'_>,
+        p: &Params,
+    ) -> Result<Vec<Placed>, NoRoute> {
+        let mut out = Vec::new();
+        rank_reference(cands, live, r, p, &mut Vec::new(), &mut out).map(|()| out)
     }
 
     #[test]
@@ -795,6 +1325,40 @@ mod tests {
     }
 
     #[test]
+    fn indexed_rank_equals_the_reference_at_scale() {
+        // 600 gateways over 3 regions × 2 zones; zone r0/a mostly down, r1/a full, so the
+        // spill paths with large merged pools are taken too.
+        let mut c: Vec<Candidate> = (0..600)
+            .map(|n| {
+                let (r, z) = (n % 3, (n / 3) % 2);
+                let mut g = gw(&format!("g{n:04}"), &format!("r{r}"), ["a", "b"][z], 100);
+                g.connections = (n as u64 * 37) % 90;
+                if r == 0 && z == 0 && n % 5 != 0 {
+                    g.serving = false;
+                }
+                if r == 1 && z == 0 {
+                    g.connections = 99;
+                }
+                g
+            })
+            .collect();
+        c[7].started_at_ms = Some(999_000);
+        let mut live = none(c.len());
+        live.pending[4] = 30;
+        live.ejected[11] = true;
+        let ex = vec!["g0002".to_string(), "g0100".to_string()];
+        for n in 0..300 {
+            let client = format!("c{n}");
+            let mut r = req(&client, if n % 7 == 0 { &ex } else { &[] });
+            r.region = ["r0", "r1", "r2", ""][n % 4];
+            r.zone = ["a", "b", ""][n % 3];
+            r.limit = 1 + n % 16;
+            r.seed = n as u64;
+            run(&c, &live, &r).unwrap();
+        }
+    }
+
+    #[test]
     fn bound_formula() {
         assert!(within_bound(1.25, 0, 10, 0, 100));
         assert!(!within_bound(1.25, 20, 10, 100, 100));
@@ -836,7 +1400,102 @@ mod tests {
         })
     }
 
+    /// Candidates over a few regions and zones (zone names shared across regions, empty
+    /// names too), every filter reason, loads around capacity, some in slow start; with
+    /// live state. Ids are unique, as in a view.
+    fn arb_world() -> impl Strategy<Value = (Vec<Candidate>, Fixed)> {
+        let one = (
+            (0u8..4, 0u8..4, any::<bool>(), any::<bool>()),
+            (any::<bool>(), any::<bool>(), any::<bool>(), 0u8..8),
+            (1u64..500, 0u64..600, 0u32..300, 0u64..40),
+            proptest::option::of(0i64..60_000),
+        );
+        proptest::collection::vec(one, 0..48).prop_map(|v| {
+            let names = ["", "r0", "r1", "r2"];
+            let zones = ["", "z0", "z1", "z2"];
+            let mut cands = Vec::new();
+            let mut live = none(0);
+            for (
+                n,
+                (
+                    (r, z, tcp, ws),
+                    (serving, draining, drained, ej),
+                    (cap, conns, weight, pending),
+                    age,
+                ),
+            ) in v.into_iter().enumerate()
+            {
+                let mut c = gw(
+                    &format!("g{n:02}"),
+                    names[r as usize],
+                    zones[z as usize],
+                    cap,
+                );
+                c.has_tcp = tcp || n % 3 != 0;
+                c.has_ws = ws;
+                // Mostly serving, so tiers are usually not empty.
+                c.serving = serving || n % 4 != 0;
+                c.draining = draining;
+                c.ops_drained = drained && n % 5 == 0;
+                c.connections = conns;
+                c.weight = weight;
+                c.started_at_ms = age.map(|a| 1_000_000 - a);
+                cands.push(c);
+                live.ejected.push(ej == 0);
+                live.pending.push(pending);
+            }
+            // Not sorted by id on purpose sometimes: the index must not rely on it.
+            if cands.len() % 2 == 1 {
+                cands.reverse();
+                live.ejected.reverse();
+                live.pending.reverse();
+            }
+            (cands, live)
+        })
+    }
+
     proptest! {
+        #[test]
+        fn indexed_rank_equals_the_reference(
+            (cands, live) in arb_world(),
+            region in prop_oneof![Just(""), Just("r0"), Just("r1"), Just("r9")],
+            zone in prop_oneof![Just(""), Just("z0"), Just("z1"), Just("z9")],
+            ws: bool,
+            limit in 1usize..17,
+            seed: u64,
+            client in "[a-z]{1,8}",
+            exclude in proptest::collection::vec(0usize..60, 0..6),
+            panic_threshold in 0.0f64..1.0,
+            min_tier_headroom in 0.0f64..0.5,
+            bound in 1.0f64..3.0,
+        ) {
+            // Excluded ids: existing ones, unknown ones and repeats.
+            let exclude: Vec<String> = exclude.iter().map(|n| format!("g{n:02}")).collect();
+            let p = Params { panic_threshold, min_tier_headroom, bound, ..Params::default() };
+            let r = Request {
+                client_id: &client,
+                region,
+                zone,
+                protocol: if ws { Protocol::Ws } else { Protocol::Tcp },
+                limit,
+                exclude: &exclude,
+                now_ms: 1_000_000,
+                seed,
+            };
+            let want = reference(&cands, &live, &r, &p);
+            let index = Index::new(&cands);
+            // One scratch for several calls: nothing may leak from an earlier request.
+            let mut scratch = Scratch::new();
+            let mut out = Vec::new();
+            let other = Request { region: "r1", zone: "", limit: 16, ..r };
+            let _ = rank(&cands, &index, &live, &other, &p, &mut scratch, &mut out);
+            for _ in 0..2 {
+                let got = rank(&cands, &index, &live, &r, &p, &mut scratch, &mut out)
+                    .map(|()| out.clone());
+                prop_assert_eq!(&got, &want);
+            }
+        }
+
         #[test]
         fn never_returns_a_filtered_gateway_and_respects_limit(
             (cands, ej, pend) in arb_cands(), limit in 1usize..17, seed: u64, client in "[a-z]{1,8}",

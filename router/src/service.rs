@@ -58,6 +58,56 @@ pub struct State {
     /// Route calls answered since start (any outcome), so `switchyardctl top` can show a
     /// rate without scraping Prometheus.
     pub routes_total: AtomicU64,
+    /// Metric handles of the Route path, looked up once.
+    pub route_metrics: RouteMetrics,
+}
+
+/// The Route path's metric handles. The `counter!`/`histogram!` macros look the series up
+/// in the recorder's registry (hashing name and labels) on every use; at tens of thousands
+/// of Routes a second that is measurable, so the handles are resolved once. Build it after
+/// the recorder is installed (handles made before are no-ops).
+#[derive(Debug)]
+pub struct RouteMetrics {
+    ok: metrics::Counter,
+    invalid_argument: metrics::Counter,
+    unavailable: metrics::Counter,
+    unauthenticated: metrics::Counter,
+    other: metrics::Counter,
+    seconds: metrics::Histogram,
+}
+
+impl RouteMetrics {
+    /// Resolves the handles against the installed recorder.
+    pub fn new() -> Self {
+        let routes = |code: &'static str| metrics::counter!("switchyard_router_routes_total", "code" => code);
+        Self {
+            ok: routes("ok"),
+            invalid_argument: routes("invalid_argument"),
+            unavailable: routes("unavailable"),
+            unauthenticated: routes("unauthenticated"),
+            other: routes("other"),
+            seconds: metrics::histogram!("switchyard_router_route_seconds"),
+        }
+    }
+
+    fn count(&self, result: &Result<RouteResponse, Status>) {
+        let counter = match result {
+            Ok(_) => &self.ok,
+            Err(s) => match s.code() {
+                tonic::Code::InvalidArgument => &self.invalid_argument,
+                tonic::Code::Unavailable => &self.unavailable,
+                tonic::Code::Unauthenticated => &self.unauthenticated,
+                _ => &self.other,
+            },
+        };
+        counter.increment(1);
+    }
+}
+
+impl Default for RouteMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl std::fmt::Debug for State {
@@ -81,7 +131,8 @@ impl State {
 
 thread_local! {
     /// Reused ranking buffers: a Route allocates nothing per candidate.
-    static SCRATCH: RefCell<(Vec<usize>, Vec<Placed>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    static SCRATCH: RefCell<(ranking::Scratch, Vec<Placed>)> =
+        const { RefCell::new((ranking::Scratch::new(), Vec::new())) };
 }
 
 fn invalid(reason: &'static str, message: String) -> Status {
@@ -184,12 +235,18 @@ impl RouterService {
     fn route_now(&self, req: Request<RouteRequest>) -> Result<RouteResponse, Status> {
         let state = &*self.state;
         check_route(state, &req)?;
-        let peer = req.remote_addr().map(|a| a.ip());
-        let forwarded = req
-            .metadata()
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        // The caller's address only matters when the request names no locality; looked
+        // up before the body is taken so the header needs no copy.
+        let located = if req.get_ref().region.is_empty() && req.get_ref().zone.is_empty() {
+            let peer = req.remote_addr().map(|a| a.ip());
+            let forwarded = req
+                .metadata()
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok());
+            caller_ip(&state.config, peer, forwarded).and_then(|ip| state.config.locate(ip))
+        } else {
+            None
+        };
         let r = req.into_inner();
         if r.client_id.is_empty() {
             return Err(invalid("client_id", "client_id is required".into()));
@@ -232,14 +289,10 @@ impl RouterService {
         }
         let limit = if r.limit == 0 { DEFAULT_LIMIT } else { r.limit } as usize;
         let now = now_ms();
-        let (mut region, mut zone) = (r.region.as_str(), r.zone.as_str());
-        if region.is_empty() && zone.is_empty() {
-            let ip = caller_ip(&state.config, peer, forwarded.as_deref());
-            if let Some(rule) = ip.and_then(|ip| state.config.locate(ip)) {
-                region = &rule.region;
-                zone = &rule.zone;
-            }
-        }
+        let (region, zone) = match located {
+            Some(rule) => (rule.region.as_str(), rule.zone.as_str()),
+            None => (r.region.as_str(), r.zone.as_str()),
+        };
         let view = state.current.load();
         if !view.is_loaded() {
             return Err(Status::unavailable(
@@ -276,6 +329,7 @@ impl RouterService {
         SCRATCH.with_borrow_mut(|(scratch, out)| {
             ranking::rank(
                 &view.candidates,
+                &view.index,
                 &live,
                 &request,
                 &state.config.ranking,
@@ -405,18 +459,9 @@ impl pb::router_server::Router for RouterService {
         let started = Instant::now();
         self.state.routes_total.fetch_add(1, Ordering::Relaxed);
         let result = self.route_now(req);
-        let code = match &result {
-            Ok(_) => "ok",
-            Err(s) => match s.code() {
-                tonic::Code::InvalidArgument => "invalid_argument",
-                tonic::Code::Unavailable => "unavailable",
-                tonic::Code::Unauthenticated => "unauthenticated",
-                _ => "other",
-            },
-        };
-        metrics::counter!("switchyard_router_routes_total", "code" => code).increment(1);
-        metrics::histogram!("switchyard_router_route_seconds")
-            .record(started.elapsed().as_secs_f64());
+        let m = &self.state.route_metrics;
+        m.count(&result);
+        m.seconds.record(started.elapsed().as_secs_f64());
         result.map(Response::new)
     }
 

@@ -63,6 +63,8 @@ pub struct View {
     pub candidates: Vec<Candidate>,
     /// Records and live counters, index-aligned with `candidates`.
     pub gateways: Vec<Gateway>,
+    /// `candidates` grouped by locality, so a Route ranks only the pools it needs.
+    pub index: ranking::Index,
     /// Values under the prefix that did not parse.
     pub rejected: usize,
 }
@@ -172,6 +174,7 @@ impl Builder {
         self.last_report.retain(|id, _| seen.contains_key(id));
         View {
             revision: snap.revision,
+            index: ranking::Index::new(&candidates),
             candidates,
             gateways,
             rejected: snap.rejected.len(),

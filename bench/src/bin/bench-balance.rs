@@ -64,7 +64,7 @@ trait Picker {
 struct Ours {
     pending: Vec<Vec<u64>>,
     params: ranking::Params,
-    scratch: Vec<usize>,
+    scratch: ranking::Scratch,
     out: Vec<ranking::Placed>,
 }
 
@@ -110,6 +110,7 @@ impl Picker for Ours {
         };
         ranking::rank(
             &cands,
+            &ranking::Index::new(&cands),
             &live,
             &req,
             &self.params,
@@ -275,7 +276,7 @@ fn main() {
         Box::new(Ours {
             pending: vec![vec![0; cands.len()]; 2],
             params: ranking::Params::default(),
-            scratch: Vec::new(),
+            scratch: ranking::Scratch::new(),
             out: Vec::new(),
         }),
         Box::new(LeastLoaded),

@@ -151,7 +151,9 @@ fn main() {
     let mut dead = vec![false; g];
     let mut on: Vec<Option<usize>> = vec![None; args.clients];
     let params = ranking::Params::default();
-    let (mut scratch, mut out) = (Vec::new(), Vec::new());
+    let (mut scratch, mut out) = (ranking::Scratch::new(), Vec::new());
+    // Ids and localities never change below, so one index serves the whole day.
+    let index = ranking::Index::new(&cands);
 
     let (mut logins, mut zone_spill, mut region_spill, mut relogins) = (0u64, 0u64, 0u64, 0u64);
     let mut outage_zone_spill = 0u64;
@@ -243,7 +245,7 @@ fn main() {
                     dead: &dead,
                 };
                 let t = Instant::now();
-                let r = ranking::rank(&cands, &live, &req, &params, &mut scratch, &mut out);
+                let r = ranking::rank(&cands, &index, &live, &req, &params, &mut scratch, &mut out);
                 rank_time += t.elapsed();
                 if r.is_err() {
                     continue;
@@ -280,6 +282,7 @@ fn main() {
 
     // CPU per login at the full gateway count, on the same ranking call.
     let big = candidates(args.cpu_gateways, capacity);
+    let big_index = ranking::Index::new(&big);
     let zero = vec![0u64; big.len()];
     let nodead = vec![false; big.len()];
     let live = Replica {
@@ -300,7 +303,16 @@ fn main() {
             now_ms: 0,
             seed: c as u64,
         };
-        ranking::rank(&big, &live, &req, &params, &mut scratch, &mut out).expect("routable");
+        ranking::rank(
+            &big,
+            &big_index,
+            &live,
+            &req,
+            &params,
+            &mut scratch,
+            &mut out,
+        )
+        .expect("routable");
     }
     let big_us = t.elapsed().as_secs_f64() * 1e6 / samples as f64;
     let err_p50 = quantile_u64(&unseen, 0.5);
