@@ -398,6 +398,52 @@ mod tests {
         task.await.unwrap();
     }
 
+    /// The TCP buffers start small (transport.rs); frames far bigger than that, and a
+    /// burst of small frames arriving in one read, must still pass both ways.
+    #[tokio::test]
+    async fn big_frames_and_bursts_outgrow_the_small_buffers() {
+        let sh = shared(Config::new("gw"));
+        let (mut c, task) = pipe(&sh);
+        c.send(hello("big")).await.unwrap();
+        assert!(matches!(c.next().await, Some(Ok(Frame::Welcome(_)))));
+
+        // Near the 64 KiB frame limit, in and (echoed) out.
+        let big = Bytes::from(vec![7u8; 60_000]);
+        c.send(Frame::Data {
+            seq: 1,
+            payload: big.clone(),
+        })
+        .await
+        .unwrap();
+        let (mut echoed, mut acked) = (false, false);
+        while !(echoed && acked) {
+            match c.next().await {
+                Some(Ok(Frame::Data { payload, .. })) => {
+                    assert_eq!(payload, big);
+                    echoed = true;
+                }
+                Some(Ok(Frame::Ack(1))) => acked = true,
+                other => panic!("expected the echo and ACK 1, got {other:?}"),
+            }
+        }
+
+        // 500 PINGs written as one burst (several KiB in one read), answered in order.
+        for i in 0..500u32 {
+            c.feed(Frame::Ping(Bytes::from(i.to_be_bytes().to_vec())))
+                .await
+                .unwrap();
+        }
+        c.flush().await.unwrap();
+        for i in 0..500u32 {
+            match c.next().await {
+                Some(Ok(Frame::Pong(p))) => assert_eq!(p.as_ref(), i.to_be_bytes()),
+                other => panic!("expected PONG {i}, got {other:?}"),
+            }
+        }
+        drop(c);
+        task.await.unwrap();
+    }
+
     #[tokio::test(start_paused = true)]
     async fn idle_clock_counts_client_frames_only() {
         let mut cfg = Config::new("gw");
