@@ -73,10 +73,16 @@ pub async fn hello(
 }
 
 /// [`hello`] that insists on WELCOME.
-pub async fn login(dst: SocketAddr, src: Option<IpAddr>, client_id: String) -> io::Result<TcpStream> {
+pub async fn login(
+    dst: SocketAddr,
+    src: Option<IpAddr>,
+    client_id: String,
+) -> io::Result<TcpStream> {
     match hello(dst, src, client_id).await? {
         (s, KIND_WELCOME) => Ok(s),
-        (_, k) => Err(io::Error::other(format!("answer to HELLO has kind {k:#04x}"))),
+        (_, k) => Err(io::Error::other(format!(
+            "answer to HELLO has kind {k:#04x}"
+        ))),
     }
 }
 

@@ -193,7 +193,8 @@ impl Pool {
             drop(self.streams.swap_remove(i));
         }
         self.closed += n as u64;
-        self.count.store(self.streams.len() as u64, Ordering::Relaxed);
+        self.count
+            .store(self.streams.len() as u64, Ordering::Relaxed);
     }
 
     /// Opens `n` sessions (64 logins in flight).
@@ -215,7 +216,8 @@ impl Pool {
             self.streams.push(s.context("login")?);
         }
         self.opened += n as u64;
-        self.count.store(self.streams.len() as u64, Ordering::Relaxed);
+        self.count
+            .store(self.streams.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -314,8 +316,8 @@ async fn phase(
                     pool.open(gw, join).await?;
                 }
                 Phase::Heavy => {
-                    let target = rand::rng()
-                        .random_range(args.base.saturating_sub(150)..=args.base + 150);
+                    let target =
+                        rand::rng().random_range(args.base.saturating_sub(150)..=args.base + 150);
                     pool.set(gw, target).await?;
                 }
             }
@@ -342,16 +344,8 @@ async fn phase(
     ] {
         by.insert(label, per(n.get(&reason).copied().unwrap_or(0)));
     }
-    let opened: u64 = pools
-        .iter()
-        .zip(&before)
-        .map(|(p, b)| p.opened - b.0)
-        .sum();
-    let closed: u64 = pools
-        .iter()
-        .zip(&before)
-        .map(|(p, b)| p.closed - b.1)
-        .sum();
+    let opened: u64 = pools.iter().zip(&before).map(|(p, b)| p.opened - b.0).sum();
+    let closed: u64 = pools.iter().zip(&before).map(|(p, b)| p.closed - b.1).sum();
     let rates = Rates {
         agent: per(agent),
         naive: per(n.get(&Reason::Naive).copied().unwrap_or(0)),
@@ -462,7 +456,10 @@ async fn run(args: &Args) -> Result<String> {
     let revision = listing.header().map_or(0, |h| h.revision());
     let mut last = HashMap::new();
     for kv in listing.kvs() {
-        let id = kv.key_str()?.trim_start_matches(gw_prefix.as_str()).to_owned();
+        let id = kv
+            .key_str()?
+            .trim_start_matches(gw_prefix.as_str())
+            .to_owned();
         last.insert(id, GatewayRecord::from_json(kv.value())?);
     }
     let template = last.values().next().cloned().context("a record")?;
@@ -588,7 +585,10 @@ mod tests {
             classify(Some(&prev), &record(s, 280, 0.5), 20.0),
             Reason::Conns
         );
-        assert_eq!(classify(Some(&prev), &record(s, 310, 0.9), 20.0), Reason::Cpu);
+        assert_eq!(
+            classify(Some(&prev), &record(s, 310, 0.9), 20.0),
+            Reason::Cpu
+        );
         assert_eq!(
             classify(Some(&prev), &record(s, 319, 0.6), 20.0),
             Reason::Refresh
