@@ -44,7 +44,7 @@ pub fn private_memory(pid: u32) -> io::Result<u64> {
 pub fn cpu_time(pid: u32) -> io::Result<Duration> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let ticks = cpu_ticks(&text).ok_or_else(|| io::Error::other("unparsable /proc/<pid>/stat"))?;
-    let hz = u64::from(rustix::param::clock_ticks_per_second()).max(1);
+    let hz = rustix::param::clock_ticks_per_second().max(1);
     Ok(Duration::from_secs_f64(ticks as f64 / hz as f64))
 }
 

@@ -63,6 +63,10 @@ struct Args {
     /// Source addresses per server, 127.0.0.2 upwards.
     #[arg(long, default_value_t = 8)]
     source_addrs: u8,
+    /// The gateway binary to measure (default: `switchyard-gateway` next to this one), e.g.
+    /// another build to compare.
+    #[arg(long)]
+    gateway_bin: Option<std::path::PathBuf>,
     /// Hidden: run the plain tokio echo server on this address.
     #[arg(long, hide = true)]
     echo_server: Option<SocketAddr>,
@@ -502,7 +506,12 @@ async fn run(args: &Args, fd_limit: u64) -> Result<String> {
     );
 
     let gw_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
-    let mut cmd = std::process::Command::new(bin_path("switchyard-gateway"));
+    let gateway_bin = args
+        .gateway_bin
+        .clone()
+        .unwrap_or_else(|| bin_path("switchyard-gateway"));
+    println!("gateway binary: {}", gateway_bin.display());
+    let mut cmd = std::process::Command::new(gateway_bin);
     cmd.args(["--no-register", "--id", "gw-density"])
         .args(["--listen", &gw_addr.to_string()])
         .args(["--capacity", &(conns + 100).to_string()])

@@ -37,11 +37,11 @@ use parking_lot::Mutex;
 use rand::Rng;
 use rand::seq::index::sample;
 use switchyard_bench::rawconn;
-use switchyard_gateway_agent::agent::http::{Target, get};
 use switchyard_gateway_agent::agent::report::CPU_BAND;
 use switchyard_registry::etcd_client::{Client as Etcd, EventType, GetOptions, WatchOptions};
 use switchyard_registry::{GatewayRecord, Prefix};
 use switchyard_tests::{Cluster, GatewaySpec};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -270,12 +270,23 @@ fn count(puts: &[Put], from: Instant, to: Instant) -> HashMap<Reason, u64> {
     n
 }
 
-/// etcd's count of lease keepalive requests received.
+/// etcd's count of lease keepalive requests received (its `/metrics` is a few hundred KB:
+/// read whole over HTTP/1.0, within 5 s).
 async fn keepalives(etcd_endpoint: &str) -> Result<f64> {
-    let target = Target::parse(&format!("{etcd_endpoint}/metrics"))?;
-    let (_, body) = get(&target).await?;
+    let addr = etcd_endpoint.trim_start_matches("http://");
+    let read = async {
+        let mut s = TcpStream::connect(addr).await?;
+        s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .await?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).await?;
+        Ok::<_, std::io::Error>(text)
+    };
+    let text = tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .context("etcd /metrics: timeout")??;
     switchyard_tests::agent::metric(
-        &String::from_utf8_lossy(&body),
+        &text,
         r#"grpc_server_msg_received_total{grpc_method="LeaseKeepAlive",grpc_service="etcdserverpb.Lease",grpc_type="bidi_stream"}"#,
     )
     .context("no LeaseKeepAlive counter in etcd's /metrics")
