@@ -195,6 +195,25 @@ pub fn ops_router(handle: PrometheusHandle) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
 }
 
+/// Raises the soft open-file limit to the hard one and returns the limit now in force
+/// (`None` = unlimited). Every connection costs a descriptor, and the usual soft default
+/// (1 024; systemd gives services 1 024 soft under a 512 K hard limit) would refuse
+/// logins long before `--capacity`; Go's runtime does the same at start-up.
+pub fn raise_fd_limit() -> std::io::Result<Option<u64>> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let now = getrlimit(Resource::Nofile);
+    if now.current != now.maximum {
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: now.maximum,
+                maximum: now.maximum,
+            },
+        )?;
+    }
+    Ok(getrlimit(Resource::Nofile).current)
+}
+
 /// Serves `router` on an already-bound listener until `shutdown` completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -210,6 +229,14 @@ pub async fn serve(
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn fd_limit_is_raised_to_the_hard_limit() {
+        let limit = raise_fd_limit().expect("raising within the hard limit is allowed");
+        let now = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+        assert_eq!(limit, now.maximum);
+        assert_eq!(now.current, now.maximum);
+    }
 
     #[derive(Debug, Parser)]
     struct Flags {

@@ -270,6 +270,16 @@ async fn report_load(hub: Hub, agent: agent::Agent) {
 
 async fn run(flags: Flags) -> anyhow::Result<()> {
     let config = flags.gateway().context("invalid gateway settings")?;
+    match cli::raise_fd_limit() {
+        // Listeners, etcd and the ops endpoint need a few descriptors of their own.
+        Ok(Some(n)) if n < config.capacity + 64 => warn!(
+            limit = n,
+            capacity = config.capacity,
+            "open-file limit is below --capacity: logins past it will fail to be accepted (raise LimitNOFILE / ulimit -n)"
+        ),
+        Ok(limit) => info!(?limit, "open-file limit"),
+        Err(e) => warn!(error = %e, "cannot raise the open-file limit"),
+    }
     let metrics = cli::install_metrics().context("installing the metrics recorder")?;
     if let Some(addr) = flags.http_listen {
         let listener = TcpListener::bind(addr)

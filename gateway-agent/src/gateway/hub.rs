@@ -1,6 +1,6 @@
 //! Sessions by `client_id`: admission (capacity, drain, kick policy), pushes and broadcast.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -8,13 +8,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use switchyard_proto::v1;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
 use super::config::KickPolicy;
 
-/// What a session task is asked to do besides sending queued data. Carried on an
-/// unbounded channel: these are few per session and must get through a full data queue.
+/// What a session task is asked to do besides sending queued data. Carried in a
+/// [`ControlQueue`], not with the data: these must get through a full data queue.
 #[derive(Debug, Clone)]
 pub(crate) enum Control {
     /// Send GOAWAY and keep serving until the client leaves or the drain ends.
@@ -40,6 +40,18 @@ pub enum PushError {
     Closed,
 }
 
+/// A session's kick / goaway / close requests: a plain queue under a lock plus a wake-up.
+/// A tokio mpsc channel would do the same but allocates its first 32-slot block and its
+/// cache-line-padded state up front, about 2 KB per session even when nothing is ever sent
+/// (measured by `bench-density`); a session gets a handful of these in its life.
+#[derive(Debug)]
+struct ControlQueue {
+    /// `None` once the session has ended: later requests are dropped, not kept.
+    items: Mutex<Option<VecDeque<Control>>>,
+    /// Woken for each request; a wake-up with no waiter is kept for the next wait.
+    ready: Notify,
+}
+
 /// One session as seen by the application and the hub. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct SessionHandle {
@@ -57,8 +69,8 @@ struct HandleInner {
     key: u64,
     /// Bounded: the per-connection memory limit.
     data: mpsc::Sender<Bytes>,
-    /// Unbounded but tiny: kick, goaway, close.
-    control: mpsc::UnboundedSender<Control>,
+    /// Kick, goaway, close.
+    control: ControlQueue,
     /// When pushes first found the queue full, for the slow-client rule.
     full_since: Mutex<Option<Instant>>,
     /// Copied from the config for the slow-client rule.
@@ -72,13 +84,12 @@ impl SessionHandle {
         key: u64,
         queue: usize,
         slow_client_timeout: Duration,
-    ) -> (
-        Self,
-        mpsc::Receiver<Bytes>,
-        mpsc::UnboundedReceiver<Control>,
-    ) {
+    ) -> (Self, mpsc::Receiver<Bytes>) {
         let (data, data_rx) = mpsc::channel(queue);
-        let (control, control_rx) = mpsc::unbounded_channel();
+        let control = ControlQueue {
+            items: Mutex::new(Some(VecDeque::new())),
+            ready: Notify::new(),
+        };
         let inner = HandleInner {
             client_id,
             session_id,
@@ -93,7 +104,6 @@ impl SessionHandle {
                 inner: Arc::new(inner),
             },
             data_rx,
-            control_rx,
         )
     }
 
@@ -139,8 +149,40 @@ impl SessionHandle {
     }
 
     pub(crate) fn control(&self, c: Control) {
-        // A closed channel means the session already ended: nothing left to tell it.
-        let _ = self.inner.control.send(c);
+        // No queue means the session already ended: nothing left to tell it.
+        if let Some(q) = self.inner.control.items.lock().as_mut() {
+            q.push_back(c);
+            self.inner.control.ready.notify_one();
+        }
+    }
+
+    /// The next control request, for the session task. Cancel-safe: a request is taken
+    /// from the queue only in the poll that returns it.
+    pub(crate) async fn next_control(&self) -> Control {
+        loop {
+            if let Some(c) = self
+                .inner
+                .control
+                .items
+                .lock()
+                .as_mut()
+                .and_then(VecDeque::pop_front)
+            {
+                return c;
+            }
+            self.inner.control.ready.notified().await;
+        }
+    }
+
+    /// The session task has ended: drop pending and future control requests.
+    pub(crate) fn end_control(&self) {
+        *self.inner.control.items.lock() = None;
+    }
+
+    /// The next pending control request, if any (tests).
+    #[cfg(test)]
+    fn try_control(&self) -> Option<Control> {
+        self.inner.control.items.lock().as_mut()?.pop_front()
     }
 
     /// Closes the session with KICK (terminal for the client).
@@ -368,15 +410,15 @@ impl Hub {
 mod tests {
     use super::*;
 
-    fn session(hub_key: u64, id: &str) -> (SessionHandle, mpsc::UnboundedReceiver<Control>) {
-        let (h, _data, control) = SessionHandle::new(
+    fn session(hub_key: u64, id: &str) -> SessionHandle {
+        let (h, _data) = SessionHandle::new(
             id.into(),
             format!("s{hub_key}"),
             hub_key,
             2,
             Duration::from_secs(1),
         );
-        (h, control)
+        h
     }
 
     #[test]
@@ -411,8 +453,8 @@ mod tests {
     #[tokio::test]
     async fn kick_old_replaces_and_counts_once() {
         let hub = Hub::new(KickPolicy::KickOld, 10);
-        let (a, mut a_ctl) = session(1, "u1");
-        let (b, _b_ctl) = session(2, "u1");
+        let a = session(1, "u1");
+        let b = session(2, "u1");
         assert!(matches!(hub.register(&a), Admission::Accept { .. }));
         assert!(matches!(
             hub.register(&b),
@@ -422,7 +464,7 @@ mod tests {
         ));
         assert_eq!(hub.connections(), 1);
         assert!(
-            matches!(a_ctl.try_recv(), Ok(Control::Kick(k)) if k.code == v1::KickCode::LoggedInElsewhere as i32)
+            matches!(a.try_control(), Some(Control::Kick(k)) if k.code == v1::KickCode::LoggedInElsewhere as i32)
         );
         // The kicked session's own cleanup must not remove its successor.
         hub.unregister(&a);
@@ -432,24 +474,48 @@ mod tests {
         assert_eq!(hub.connections(), 0);
     }
 
+    #[tokio::test]
+    async fn control_requests_wake_the_session_in_order_and_stop_at_its_end() {
+        let a = session(1, "u1");
+        // Sent before anyone waits: kept, in order.
+        a.control(Control::Close("first"));
+        a.control(Control::Close("second"));
+        assert!(matches!(a.next_control().await, Control::Close("first")));
+        assert!(matches!(a.next_control().await, Control::Close("second")));
+        // Sent while the session waits: wakes it.
+        let waiter = {
+            let a = a.clone();
+            tokio::spawn(async move { a.next_control().await })
+        };
+        tokio::task::yield_now().await;
+        a.control(Control::Close("later"));
+        assert!(matches!(waiter.await.unwrap(), Control::Close("later")));
+        // After the session ended nothing is kept.
+        a.end_control();
+        a.control(Control::Close("too late"));
+        assert!(a.try_control().is_none());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn full_queue_fails_fast_then_closes_a_slow_client() {
         let hub = Hub::new(KickPolicy::AllowMany, 10);
-        let (a, _data, mut ctl) =
-            SessionHandle::new("u1".into(), "s".into(), 1, 1, Duration::from_secs(1));
+        let (a, _data) = SessionHandle::new("u1".into(), "s".into(), 1, 1, Duration::from_secs(1));
         hub.register(&a);
         assert_eq!(hub.push("u1", Bytes::from_static(b"x")), Ok(1));
         assert_eq!(
             hub.push("u1", Bytes::from_static(b"y")),
             Err(PushError::QueueFull)
         );
-        assert!(ctl.try_recv().is_err());
+        assert!(a.try_control().is_none());
         tokio::time::advance(Duration::from_millis(1001)).await;
         assert_eq!(
             hub.push("u1", Bytes::from_static(b"z")),
             Err(PushError::QueueFull)
         );
-        assert!(matches!(ctl.try_recv(), Ok(Control::Close("slow_client"))));
+        assert!(matches!(
+            a.try_control(),
+            Some(Control::Close("slow_client"))
+        ));
         assert!(matches!(
             hub.push("nobody", Bytes::new()),
             Err(PushError::NotConnected(_))
