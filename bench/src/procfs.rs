@@ -1,11 +1,11 @@
-//! Another process's memory and CPU time from `/proc`, for the density driver.
+//! Another process's memory and CPU time from `/proc`, for the density driver (the CPU
+//! reading is the agent's own, which the reference gateway reports of itself).
 //!
 //! Memory is the private part of the process's mappings (`smaps_rollup`: `Private_Clean` +
 //! `Private_Dirty`): what the process itself holds in user space, without shared library
 //! pages, and without kernel socket buffers (which live outside every process's mappings).
 
 use std::io;
-use std::time::Duration;
 
 /// Value of a `Name:   123 kB` line (as in `smaps_rollup` and `status`), in bytes.
 pub fn kb_field(text: &str, name: &str) -> Option<u64> {
@@ -22,18 +22,6 @@ pub fn private_bytes(smaps_rollup: &str) -> Option<u64> {
     Some(kb_field(smaps_rollup, "Private_Clean")? + kb_field(smaps_rollup, "Private_Dirty")?)
 }
 
-/// `utime + stime` in clock ticks from the text of `/proc/<pid>/stat` (all threads).
-pub fn cpu_ticks(stat: &str) -> Option<u64> {
-    // The command name (field 2) is in parentheses and may itself hold spaces or ')':
-    // count fields from the last ')'. After it come field 3 (state) onwards, so utime
-    // (field 14) and stime (field 15) are the 12th and 13th.
-    let after = &stat[stat.rfind(')')? + 1..];
-    let mut fields = after.split_whitespace().skip(11);
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
-}
-
 /// Private user-space bytes of process `pid` now.
 pub fn private_memory(pid: u32) -> io::Result<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
@@ -41,12 +29,7 @@ pub fn private_memory(pid: u32) -> io::Result<u64> {
 }
 
 /// CPU time (user + system, every thread) process `pid` has used so far.
-pub fn cpu_time(pid: u32) -> io::Result<Duration> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let ticks = cpu_ticks(&text).ok_or_else(|| io::Error::other("unparsable /proc/<pid>/stat"))?;
-    let hz = rustix::param::clock_ticks_per_second().max(1);
-    Ok(Duration::from_secs_f64(ticks as f64 / hz as f64))
-}
+pub use switchyard_gateway_agent::agent::cpu::process_cpu_time as cpu_time;
 
 #[cfg(test)]
 mod tests {
@@ -70,14 +53,6 @@ Anonymous:          7680 kB
         // A prefix of another name is not that name.
         assert_eq!(kb_field(ROLLUP, "Private"), None);
         assert_eq!(private_bytes("Rss: 1 kB\n"), None);
-    }
-
-    #[test]
-    fn cpu_ticks_survive_odd_command_names() {
-        let stat = "4242 (my (odd) gw) S 1 4242 4242 0 -1 4194560 900 0 0 0 \
-                    1234 567 0 0 20 0 3 0 100 1000000 250 18446744073709551615";
-        assert_eq!(cpu_ticks(stat), Some(1234 + 567));
-        assert_eq!(cpu_ticks("4242 (gw) S 1"), None);
     }
 
     #[test]

@@ -1,5 +1,9 @@
-//! CPU use in cores, from `/proc/stat` deltas: what the sidecar reports when the gateway
-//! does not answer `--load-url` (the whole host, which is the gateway's when it runs alone).
+//! CPU use in cores: the whole host from `/proc/stat` deltas (what the sidecar reports when
+//! the gateway does not answer `--load-url`; the gateway's own when it runs alone), and one
+//! process's from `/proc/<pid>/stat` (what the reference gateway reports of itself, so other
+//! work on the host neither moves its record nor costs etcd writes).
+
+use std::time::Duration;
 
 /// Busy and total jiffies from the aggregate `cpu` line, and the number of CPUs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,9 +60,51 @@ pub fn sample() -> Option<Sample> {
     parse_stat(&std::fs::read_to_string("/proc/stat").ok()?)
 }
 
+/// `utime + stime` in clock ticks from the text of `/proc/<pid>/stat` (all threads).
+pub fn process_ticks(stat: &str) -> Option<u64> {
+    // The command name (field 2) is in parentheses and may itself hold spaces or ')':
+    // count fields from the last ')'. After it come field 3 (state) onwards, so utime
+    // (field 14) and stime (field 15) are the 12th and 13th.
+    let after = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// CPU time (user + system, every thread) process `pid` has used so far.
+pub fn process_cpu_time(pid: u32) -> std::io::Result<Duration> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let ticks =
+        process_ticks(&text).ok_or_else(|| std::io::Error::other("unparsable /proc/<pid>/stat"))?;
+    let hz = rustix::param::clock_ticks_per_second().max(1);
+    Ok(Duration::from_secs_f64(ticks as f64 / hz as f64))
+}
+
+/// Cores a process used between two readings of its CPU time `wall` apart (0 when no time
+/// passed).
+pub fn process_cores(earlier: Duration, later: Duration, wall: Duration) -> f64 {
+    if wall.is_zero() {
+        return 0.0;
+    }
+    later.saturating_sub(earlier).as_secs_f64() / wall.as_secs_f64()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn process_ticks_survive_odd_command_names() {
+        let stat = "4242 (my (odd) gw) S 1 4242 4242 0 -1 4194560 900 0 0 0 \
+                    1234 567 0 0 20 0 3 0 100 1000000 250 18446744073709551615";
+        assert_eq!(process_ticks(stat), Some(1234 + 567));
+        assert_eq!(process_ticks("4242 (gw) S 1"), None);
+        assert!(process_cpu_time(std::process::id()).is_ok());
+        let s = Duration::from_secs;
+        assert!((process_cores(s(10), s(11), s(2)) - 0.5).abs() < 1e-9);
+        assert_eq!(process_cores(s(10), s(11), Duration::ZERO), 0.0);
+    }
 
     #[test]
     fn parses_and_measures_cores() {

@@ -252,15 +252,18 @@ async fn drain_trigger(agent: Option<&agent::Agent>) -> &'static str {
 /// is read straight from the hub; the agent's reporting policy decides when to write).
 async fn report_load(hub: Hub, agent: agent::Agent) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
-    let mut last_cpu = cpu::sample();
+    let me = std::process::id();
+    let mut last_cpu = cpu::process_cpu_time(me).ok();
     let mut last_cpu_at = tokio::time::Instant::now();
     loop {
         tick.tick().await;
         agent.set_connections(hub.connections() as u64);
         if last_cpu_at.elapsed() >= Duration::from_secs(1) {
-            let now = cpu::sample();
-            if let (Some(a), Some(b)) = (&last_cpu, &now) {
-                agent.set_cpu(cpu::cores_between(a, b));
+            // Its own CPU, not the host's: other work on the host must not rewrite this
+            // gateway's record (each change past the report delta is an etcd write).
+            let now = cpu::process_cpu_time(me).ok();
+            if let (Some(a), Some(b)) = (last_cpu, now) {
+                agent.set_cpu(cpu::process_cores(a, b, last_cpu_at.elapsed()));
             }
             last_cpu = now;
             last_cpu_at = tokio::time::Instant::now();
