@@ -5,11 +5,14 @@
 //!   (who was where, when each link was lost and regained).
 //! - [`fixture`]: synthetic gateway records and the etcd-direct routing alternative.
 //! - [`stats`]: percentiles and one-line `name: key=value …` summaries.
+//! - [`soak`]: the soak driver's invariants: disconnection gaps and their bound, RSS trend,
+//!   the seeded chaos schedule.
 //!
 //! Binaries: `switchyard-demo` (the README's main job, run by `deploy/local/demo`) and the
 //! benchmark drivers (`bench/run-all` runs them and writes BENCHMARKS.md).
 #![forbid(unsafe_code)]
 
 pub mod fixture;
+pub mod soak;
 pub mod stats;
 pub mod swarm;
