@@ -336,7 +336,8 @@ mod tests {
 
     #[test]
     fn vm_rss_from_proc_status() {
-        let text = "Name:\tswitchyard-rout\nVmPeak:\t  90000 kB\nVmRSS:\t   23456 kB\nThreads:\t4\n";
+        let text =
+            "Name:\tswitchyard-rout\nVmPeak:\t  90000 kB\nVmRSS:\t   23456 kB\nThreads:\t4\n";
         assert_eq!(parse_vm_rss_kb(text), Some(23_456));
         assert_eq!(parse_vm_rss_kb("Name:\tx\n"), None);
     }

@@ -601,7 +601,10 @@ async fn run_step(
             cluster.gateway(&id).child.kill();
             sleep(args.down_for).await;
             restart_gateway(cluster, &id).await?;
-            format!("SIGKILL {id} ({on} clients on it), restarted after {} ms", ms(args.down_for))
+            format!(
+                "SIGKILL {id} ({on} clients on it), restarted after {} ms",
+                ms(args.down_for)
+            )
         }
         Chaos::Stop => {
             let at = Instant::now();
@@ -610,7 +613,10 @@ async fn run_step(
             sleep(stop_for).await;
             cluster.gateway(&id).child.signal("CONT");
             shared.thawed();
-            format!("SIGSTOP {id} ({on} clients on it) for {} ms, SIGCONT", ms(stop_for))
+            format!(
+                "SIGSTOP {id} ({on} clients on it) for {} ms, SIGCONT",
+                ms(stop_for)
+            )
         }
         Chaos::Drain => {
             let on = shared.on_gateway(&id);
@@ -623,7 +629,10 @@ async fn run_step(
             while cluster.gateway(&id).child.is_running() {
                 if at.elapsed() > limit {
                     cluster.gateway(&id).child.kill();
-                    println!("  {id} still running {} ms after the drain: killed", ms(limit));
+                    println!(
+                        "  {id} still running {} ms after the drain: killed",
+                        ms(limit)
+                    );
                     break;
                 }
                 sleep(Duration::from_millis(50)).await;
@@ -682,9 +691,7 @@ async fn run(args: &Args) -> Result<String> {
         .max(args.drain_window + Duration::from_secs(4))
         .max(args.down_for + Duration::from_secs(3));
     if duration < warmup + cooldown + slot || busy > slot {
-        bail!(
-            "--duration {duration:?} leaves no chaos slot of {slot:?} (steps need {busy:?})"
-        );
+        bail!("--duration {duration:?} leaves no chaos slot of {slot:?} (steps need {busy:?})");
     }
     let window = duration - warmup - cooldown;
     let steps = switchyard_bench::soak::schedule(args.seed, window, slot, busy, args.gateways);
@@ -727,8 +734,13 @@ async fn run(args: &Args) -> Result<String> {
         })
         .collect();
     let etcd = EtcdCluster::start(3).await;
-    let mut cluster =
-        Cluster::start_on(etcd, routers as usize, &["--admin-token", ADMIN_TOKEN], &specs).await;
+    let mut cluster = Cluster::start_on(
+        etcd,
+        routers as usize,
+        &["--admin-token", ADMIN_TOKEN],
+        &specs,
+    )
+    .await;
     let router_urls = cluster.router_urls();
     let router_pids: Vec<u32> = cluster.routers.iter().map(|r| r.child.pid()).collect();
 
@@ -853,7 +865,9 @@ async fn run(args: &Args) -> Result<String> {
         .iter()
         .flat_map(|t| t.state.lock().gaps.gaps().to_vec())
         .collect();
-    let max_gap = samples.max_gap.max(gaps.iter().copied().max().unwrap_or_default());
+    let max_gap = samples
+        .max_gap
+        .max(gaps.iter().copied().max().unwrap_or_default());
     let trends: Vec<Option<RssTrend>> = samples.rss.iter().map(|s| RssTrend::of(s)).collect();
     let growth = trends
         .iter()
@@ -867,7 +881,9 @@ async fn run(args: &Args) -> Result<String> {
         .map(RssTrend::late_growth_kb)
         .max()
         .unwrap_or(0);
-    let rss_flat = trends.iter().all(|t| t.is_some_and(|t| t.is_flat(args.rss_tolerance_kb)));
+    let rss_flat = trends
+        .iter()
+        .all(|t| t.is_some_and(|t| t.is_flat(args.rss_tolerance_kb)));
     for (i, s) in samples.rss.iter().enumerate() {
         println!(
             "router {i} RSS (kB, every {} s): {:?}",
@@ -904,10 +920,7 @@ async fn run(args: &Args) -> Result<String> {
         args.rss_tolerance_kb,
         if rss_flat { "yes" } else { "NO" }
     );
-    println!(
-        "every cohort closed {} ms after the end",
-        ms(ended_after)
-    );
+    println!("every cohort closed {} ms after the end", ms(ended_after));
 
     let count = |k: Chaos| counts.get(&k).copied().unwrap_or(0);
     let invariants_ok = missing == 0
