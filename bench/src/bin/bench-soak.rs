@@ -234,6 +234,15 @@ impl Shared {
         }
     }
 
+    /// Gaps closed so far, over every client.
+    fn reconnects(&self) -> usize {
+        self.tracks
+            .lock()
+            .iter()
+            .map(|t| t.state.lock().gaps.gaps().len())
+            .sum()
+    }
+
     fn on_gateway(&self, gateway: &str) -> usize {
         self.tracks
             .lock()
@@ -809,9 +818,12 @@ async fn run(args: &Args) -> Result<String> {
     let t0 = Instant::now();
     let chaos_start = t0 + warmup;
     let mut counts = std::collections::HashMap::new();
+    // Reconnects (closed gaps) counted at each step's start: what each step cost.
+    let mut per_step: Vec<(Chaos, usize)> = Vec::with_capacity(steps.len());
     for step in &steps {
         sleep_until(chaos_start + step.at).await;
         let began = Instant::now();
+        per_step.push((step.chaos, shared.reconnects()));
         let what = run_step(&mut cluster, *step, args, stop_for, &shared).await?;
         *counts.entry(step.chaos).or_insert(0u32) += 1;
         let heal = healed(&cluster, began, slot).await;
@@ -822,6 +834,19 @@ async fn run(args: &Args) -> Result<String> {
         );
     }
     sleep_until(t0 + duration).await;
+    let mut costs: std::collections::BTreeMap<String, Vec<usize>> = Default::default();
+    let ends = per_step
+        .iter()
+        .skip(1)
+        .map(|(_, n)| *n)
+        .chain([shared.reconnects()]);
+    for ((chaos, start), end) in per_step.iter().zip(ends) {
+        costs
+            .entry(format!("{chaos:?}"))
+            .or_default()
+            .push(end - start);
+    }
+    println!("reconnects from each step until the next one, by kind: {costs:?}");
 
     // End: stop churn, check everyone is connected, then let every cohort leave.
     let _ = stop_tx.send(true);
