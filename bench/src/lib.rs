@@ -7,6 +7,8 @@
 //! - [`stats`]: percentiles and one-line `name: key=value …` summaries.
 //! - [`procfs`]: another process's private memory and CPU time from `/proc`.
 //! - [`rawconn`]: minimal contract-3 connections (HELLO, hand-made PINGs) for holding many.
+//! - [`soak`]: the soak driver's invariants: disconnection gaps and their bound, RSS trend,
+//!   the seeded chaos schedule.
 //!
 //! Binaries: `switchyard-demo` (the README's main job, run by `deploy/local/demo`) and the
 //! benchmark drivers (`bench/run-all` runs them and writes BENCHMARKS.md).
@@ -15,5 +17,6 @@
 pub mod fixture;
 pub mod procfs;
 pub mod rawconn;
+pub mod soak;
 pub mod stats;
 pub mod swarm;

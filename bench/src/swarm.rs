@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -54,6 +55,8 @@ struct History {
 struct Member {
     client: Client,
     history: Mutex<History>,
+    /// Messages (DATA payloads) received from gateways.
+    received: AtomicU64,
 }
 
 /// A client's move from one gateway to another.
@@ -116,6 +119,7 @@ impl Swarm {
             let member = Arc::new(Member {
                 client,
                 history: Mutex::new(History::default()),
+                received: AtomicU64::new(0),
             });
             let m = member.clone();
             let gate = gate.clone();
@@ -139,7 +143,10 @@ impl Swarm {
                             None => break,
                         },
                         // Drained so a slow reader never stalls the link.
-                        msg = messages.next() => if msg.is_none() { break },
+                        msg = messages.next() => match msg {
+                            Some(_) => { m.received.fetch_add(1, Ordering::Relaxed); }
+                            None => break,
+                        },
                     }
                 }
             });
@@ -246,6 +253,15 @@ impl Swarm {
         self.members
             .iter()
             .map(|(_, m)| u64::from(m.history.lock().reconnects))
+            .sum()
+    }
+
+    /// Messages received from gateways, over all clients (the reference gateway echoes
+    /// what it is sent).
+    pub fn received(&self) -> u64 {
+        self.members
+            .iter()
+            .map(|(_, m)| m.received.load(Ordering::Relaxed))
             .sum()
     }
 

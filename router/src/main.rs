@@ -98,6 +98,9 @@ impl Args {
     }
 }
 
+/// How often histogram samples are folded into their buckets (the exporter's own default).
+const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,h2=warn,tower=warn,hyper=warn".into());
@@ -128,6 +131,17 @@ async fn main() -> anyhow::Result<()> {
         )?
         .install_recorder()
         .context("installing the metrics recorder")?;
+    // `install_recorder` spawns no upkeep task: histogram samples (one per Route) pile up
+    // in the recorder until something drains them, and only a /metrics scrape did, so an
+    // unscraped router grew with every Route. Drain them on a timer like `install()` does.
+    let upkeep = metrics.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(METRICS_UPKEEP);
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
     let client = EtcdConfig::new(&config.etcd)?
         .connect()
         .await

@@ -10,7 +10,7 @@ use switchyard_proto::v1::{self as pb, router_client::RouterClient};
 use switchyard_registry::Prefix;
 
 use crate::process::{Child, bin_path};
-use crate::{Etcd, eventually, free_port, unique_prefix};
+use crate::{EtcdCluster, eventually, free_port, unique_prefix};
 
 /// One gateway to start.
 #[derive(Debug, Clone)]
@@ -82,8 +82,9 @@ pub struct GatewayProcess {
 /// etcd + routers + gateways, all separate processes, stopped on drop.
 #[derive(Debug)]
 pub struct Cluster {
-    /// The etcd all of them use.
-    pub etcd: Etcd,
+    /// The etcd all of them use (one member unless started with [`Cluster::start_on`]);
+    /// every process is given all its members.
+    pub etcd: EtcdCluster,
     /// Registry prefix of this cluster.
     pub prefix: Prefix,
     /// Routers, in start order.
@@ -109,8 +110,19 @@ impl Cluster {
         router_args: &[S],
         gateways: &[GatewaySpec],
     ) -> Self {
+        Self::start_on(EtcdCluster::start(1).await, routers, router_args, gateways).await
+    }
+
+    /// Like [`Cluster::start_with`], on an etcd cluster started by the caller (e.g. three
+    /// members, to kill the leader).
+    pub async fn start_on<S: AsRef<str>>(
+        etcd: EtcdCluster,
+        routers: usize,
+        router_args: &[S],
+        gateways: &[GatewaySpec],
+    ) -> Self {
         let mut cluster = Self {
-            etcd: Etcd::start().await,
+            etcd,
             prefix: unique_prefix(),
             routers: Vec::new(),
             gateways: BTreeMap::new(),

@@ -137,10 +137,13 @@ impl Etcd {
     }
 }
 
-/// A 3-member (or n-member) etcd cluster on loopback.
+/// A 3-member (or n-member) etcd cluster on loopback. Members keep their ports and data
+/// across [`EtcdCluster::kill`] and [`EtcdCluster::restart`].
 #[derive(Debug)]
 pub struct EtcdCluster {
     members: Vec<Member>,
+    /// `--initial-cluster` (every member's name and peer URL), for restarts.
+    initial_cluster: String,
 }
 
 impl EtcdCluster {
@@ -158,7 +161,22 @@ impl EtcdCluster {
         for m in &members {
             wait_ready(&m.endpoint()).await;
         }
-        Self { members }
+        Self {
+            members,
+            initial_cluster: cluster,
+        }
+    }
+
+    /// Client URLs of every member, running or not: what a long-lived process is given, so
+    /// it can use a member again once it is back.
+    pub fn all_endpoints(&self) -> Vec<String> {
+        self.members.iter().map(Member::endpoint).collect()
+    }
+
+    /// [`EtcdCluster::all_endpoints`] comma-separated, as `--etcd` flags take them (one
+    /// member: its URL).
+    pub fn endpoint(&self) -> String {
+        self.all_endpoints().join(",")
     }
 
     /// Client URLs of the members still running.
@@ -202,6 +220,15 @@ impl EtcdCluster {
         if let Some(mut child) = self.members[i].child.take() {
             child.kill();
         }
+    }
+
+    /// Starts member `i` again on its ports and data (it rejoins as an existing member) and
+    /// waits until it answers.
+    pub async fn restart(&mut self, i: usize) {
+        let m = &mut self.members[i];
+        assert!(m.child.is_none(), "etcd {} is still running", m.name);
+        m.spawn(&self.initial_cluster, "existing");
+        wait_ready(&m.endpoint()).await;
     }
 }
 

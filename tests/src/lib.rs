@@ -5,7 +5,8 @@
 //! # Layout
 //! - [`agent`]: the `switchyard-agent` sidecar as a process, its record and metrics.
 //! - [`cluster`]: [`Cluster`], etcd + routers + reference gateways as processes.
-//! - [`etcd`]: [`Etcd`] (start, stop, restart on the same ports and data) and [`EtcdCluster`].
+//! - [`etcd`]: [`Etcd`] (start, stop, restart on the same ports and data) and [`EtcdCluster`]
+//!   (find the leader, kill and restart members).
 //! - [`proxy`]: [`CutProxy`], a loopback TCP proxy whose links can be cut and restored.
 //! - [`process`]: [`bin_path`] and [`Child`], workspace binaries as separate OS processes.
 //! - [`router`]: a router in-process on free ports, and records written straight into etcd.

@@ -399,6 +399,14 @@ async fn leader_killed_in_a_three_member_cluster_loses_no_key_and_the_watch_cont
     for s in &sessions {
         assert!(matches!(*s.state().borrow(), LeaseState::Active { .. }));
     }
+
+    // The killed member rejoins on its ports and data, and alone serves what it missed.
+    cluster.restart(leader).await;
+    assert_eq!(cluster.endpoints(), cluster.all_endpoints());
+    let rejoined = Client::connect([cluster.all_endpoints()[leader].clone()], None)
+        .await
+        .unwrap();
+    assert_eq!(key_count(&rejoined, &prefix.gateways()).await, 6);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
