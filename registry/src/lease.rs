@@ -253,8 +253,16 @@ impl LeaseSession {
             }
             return Ok(());
         }
+        // The write raced the task re-registering on a new lease (after a pause longer than
+        // the TTL, both wake at once): the value is kept and marked dirty, and the task
+        // writes it under the new lease, so this is not a failure — and the new lease is
+        // ours, not another owner's.
+        let moved_on = || self.shared.lock().lease_id != lease_id;
         match current_holder(&resp) {
             Some(other) if other != 0 && other != lease_id => {
+                if moved_on() {
+                    return Ok(());
+                }
                 // Someone else's key now. The task confirms the holder is alive and stops.
                 self.recheck.notify_one();
                 Err(LeaseError::Superseded(other))
@@ -262,7 +270,17 @@ impl LeaseSession {
             _ => {
                 // The key vanished (deleted by hand, or the lease is expiring): re-create it.
                 debug!(key = %self.key, "key missing on write; recreating");
-                create(&mut c, &self.key, &value, lease_id, false, lease_id).await
+                match create(&mut c, &self.key, &value, lease_id, false, lease_id).await {
+                    Err(_) if moved_on() => Ok(()),
+                    Err(LeaseError::Etcd(e)) if is_lease_not_found(&e) => {
+                        // Our lease expired and the task has not noticed yet: wake it so it
+                        // registers again now (with the latest value) instead of at its next
+                        // keepalive.
+                        self.recheck.notify_one();
+                        Err(LeaseError::Etcd(e))
+                    }
+                    other => other,
+                }
             }
         }
     }

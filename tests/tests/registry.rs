@@ -227,6 +227,45 @@ async fn a_lost_lease_is_replaced_and_the_record_put_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_finds_its_lease_gone_registers_again_at_once() {
+    init_tracing();
+    let etcd = Etcd::start().await;
+    let client = etcd.client().await;
+    let prefix = unique_prefix();
+    // TTL 30 s: the keepalive ticks every 10 s, so only the write can explain a quick return.
+    let reg = registration(&prefix, "gw-1", 30);
+    let key = reg.key.clone();
+    let session = LeaseSession::register(client.clone(), reg).await.unwrap();
+    let old = session.lease_id();
+    tokio::time::sleep(Duration::from_millis(300)).await; // past the first keepalive
+
+    // The lease is gone (as after a pause longer than the TTL) and the owner writes first.
+    client.clone().lease_revoke(old).await.unwrap();
+    let written = tokio::time::Instant::now();
+    match session.put(record("gw-1", 7)).await {
+        // The task may already be on a new lease: then the write is kept for it.
+        Ok(()) => {}
+        Err(e) => assert!(e.to_string().contains("lease not found"), "{e}"),
+    }
+    eventually(
+        Duration::from_secs(3),
+        "the key again, on a new lease, with the written value",
+        || async {
+            let resp = client.clone().get(key.as_str(), None).await.ok()?;
+            let kv = resp.kvs().first()?;
+            let got: serde_json::Value = serde_json::from_slice(kv.value()).ok()?;
+            (kv.lease() != old && got["load"]["connections"] == 7).then_some(())
+        },
+    )
+    .await;
+    assert!(written.elapsed() < Duration::from_secs(3));
+    assert!(matches!(
+        *session.state().borrow(),
+        LeaseState::Active { lease_id } if lease_id != old
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_registration_is_refused_and_takeover_supersedes() {
     init_tracing();
     let etcd = Etcd::start().await;
