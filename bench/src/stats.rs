@@ -1,6 +1,28 @@
-//! Percentiles and summaries.
+//! Percentiles and summaries, and how a process-driving driver ends with its summary line.
 
+use std::future::Future;
 use std::time::Duration;
+
+/// Runs a driver to its one-line summary and prints it. Ctrl-C ends the run early; either
+/// way `run` is dropped before the process exits, which stops every process it started
+/// (the harness kills children on drop). An error prints `name: error="…"` (still one
+/// line a script can parse) and exits 1.
+pub async fn finish<F>(name: &str, run: F)
+where
+    F: Future<Output = anyhow::Result<String>>,
+{
+    let outcome = tokio::select! {
+        r = run => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted; every process started is stopped")),
+    };
+    match outcome {
+        Ok(summary) => println!("{summary}"),
+        Err(e) => {
+            println!("{name}: error={:?}", format!("{e:#}"));
+            std::process::exit(1);
+        }
+    }
+}
 
 /// The `q` quantile (0.0–1.0) of `values` by nearest rank; `None` when empty.
 pub fn quantile(values: &[Duration], q: f64) -> Option<Duration> {

@@ -75,18 +75,7 @@ const LINUX_KEEPALIVE: Duration = Duration::from_secs(7200 + 9 * 75);
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let outcome = tokio::select! {
-        r = run(&args) => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted; every process started is stopped")),
-    };
-    // Returning (not exiting) first drops the cluster, which kills every child process.
-    match outcome {
-        Ok(summary) => println!("{summary}"),
-        Err(e) => {
-            println!("bench-failover: error={:?}", format!("{e:#}"));
-            std::process::exit(1);
-        }
-    }
+    switchyard_bench::stats::finish("bench-failover", run(&args)).await;
 }
 
 fn ms(d: Duration) -> u128 {

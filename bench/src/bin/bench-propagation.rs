@@ -79,18 +79,7 @@ const EUREKA_WORST_S: u64 = 330;
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let outcome = tokio::select! {
-        r = run(&args) => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted; every process started is stopped")),
-    };
-    // Returning (not exiting) first drops the cluster and the agents, killing them.
-    match outcome {
-        Ok(summary) => println!("{summary}"),
-        Err(e) => {
-            println!("bench-propagation: error={:?}", format!("{e:#}"));
-            std::process::exit(1);
-        }
-    }
+    switchyard_bench::stats::finish("bench-propagation", run(&args)).await;
 }
 
 fn q_ms(values: &[Duration], q: f64) -> String {

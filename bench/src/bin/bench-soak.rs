@@ -112,17 +112,7 @@ const RECEIPT_GRACE: Duration = Duration::from_secs(15);
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let outcome = tokio::select! {
-        r = run(&args) => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted; every process started is stopped")),
-    };
-    match outcome {
-        Ok(summary) => println!("{summary}"),
-        Err(e) => {
-            println!("bench-soak: error={:?}", format!("{e:#}"));
-            std::process::exit(1);
-        }
-    }
+    switchyard_bench::stats::finish("bench-soak", run(&args)).await;
 }
 
 fn ms(d: Duration) -> u128 {

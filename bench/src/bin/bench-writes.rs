@@ -80,17 +80,7 @@ const NAIVE: &str = "naive-";
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let outcome = tokio::select! {
-        r = run(&args) => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted; every process started is stopped")),
-    };
-    match outcome {
-        Ok(summary) => println!("{summary}"),
-        Err(e) => {
-            println!("bench-writes: error={:?}", format!("{e:#}"));
-            std::process::exit(1);
-        }
-    }
+    switchyard_bench::stats::finish("bench-writes", run(&args)).await;
 }
 
 /// Why a record was written, judged from what changed since the previous write.
