@@ -365,14 +365,7 @@ async fn agent_writes(
 
 /// `req` with the admin bearer token.
 fn auth<T>(req: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(req);
-    r.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {ADMIN_TOKEN}")
-            .parse()
-            .expect("ascii token"),
-    );
-    r
+    switchyard_tests::router::with_token(req, ADMIN_TOKEN)
 }
 
 /// (b): drain/undrain cycles on `agent-1`; returns (drain → absent, undrain → present).

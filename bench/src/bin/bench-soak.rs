@@ -531,15 +531,9 @@ async fn healed(cluster: &Cluster, since: Instant, limit: Duration) -> Option<Du
     None
 }
 
+/// `req` with the admin bearer token.
 fn auth<T>(req: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(req);
-    r.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {ADMIN_TOKEN}")
-            .parse()
-            .expect("ascii token"),
-    );
-    r
+    switchyard_tests::router::with_token(req, ADMIN_TOKEN)
 }
 
 /// Admin call with a few retries: the router writes etcd, which may be mid-election.
