@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use switchyard_client::backoff::Backoff;
+use switchyard_proto::backoff::Backoff;
 use tokio::time::Instant;
 
 /// One client's disconnected periods: from the moment its link stopped working to the

@@ -22,7 +22,6 @@ use tokio::sync::{Semaphore, broadcast, mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 use tokio_stream::wrappers::BroadcastStream;
 
-use crate::backoff::uniform;
 use crate::config::{Builder, Config, Effective};
 use crate::heartbeat::{Adaptive, Due, Heartbeat};
 use crate::outbox::Outbox;
@@ -31,6 +30,7 @@ use crate::routing::{
     CachedList, FailureLog, Gateway, RouteSource, RouterPolicy, Routers, order_fallback, unix_ms,
 };
 use crate::transport::{Dialer, LinkRx, LinkTx};
+use switchyard_proto::backoff::uniform;
 
 /// What happened to the connection; see [`Client::events`].
 #[derive(Debug, Clone, PartialEq, Eq)]

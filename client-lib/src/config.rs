@@ -7,9 +7,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::backoff::Backoff;
 use crate::heartbeat::AdaptiveSettings;
 use crate::routing::{Gateway, RouterPolicy};
+use switchyard_proto::backoff::Backoff;
 
 /// How the client talks to gateways.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

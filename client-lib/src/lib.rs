@@ -30,12 +30,10 @@
 //!   failure log behind `exclude`/`failures`.
 //! - [`race`]: staggered connection racing (pure, generic over the attempt).
 //! - [`heartbeat`]: idle-only PING and dead-link deadlines; the adaptive interval.
-//! - [`backoff`]: full-jitter exponential backoff and the first-attempt spread.
 //! - [`outbox`]: numbered DATA frames kept until ACKed and resent in order on a new link.
 //! - `transport` (private): TCP / WebSocket links, TLS (rustls), TCP keepalive (socket2).
 #![forbid(unsafe_code)]
 
-pub mod backoff;
 pub mod client;
 pub mod config;
 pub mod heartbeat;

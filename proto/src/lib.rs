@@ -5,9 +5,15 @@
 //!   (`router.proto`: the `Router` and `Admin` services; `wire.proto`: HELLO, WELCOME, KICK,
 //!   GOAWAY and REJECT payloads).
 //! - [`wire`]: the long-connection frame codec (DESIGN contract 3) for gateways and clients.
+//! - [`limits`]: the numeric limits of the contracts (client_id length, route limit, ping
+//!   payload, frame size, the TTL rule), checked by router, gateway and client alike.
+//! - [`backoff`]: the one exponential backoff with full jitter (client reconnects, lease
+//!   re-grants, watcher and etcd retries).
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for gRPC server reflection.
 #![forbid(unsafe_code)]
 
+pub mod backoff;
+pub mod limits;
 pub mod wire;
 
 /// Generated code for protobuf package `switchyard.v1`.

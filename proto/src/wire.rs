@@ -12,10 +12,7 @@ use tokio_util::codec::{Decoder, Encoder};
 
 use crate::v1;
 
-/// Default largest frame (length field value), 64 KiB.
-pub const DEFAULT_MAX_FRAME: usize = 64 * 1024;
-/// Largest PING/PONG payload.
-pub const MAX_PING_PAYLOAD: usize = 64;
+pub use crate::limits::{DEFAULT_MAX_FRAME, MAX_PING_PAYLOAD};
 
 /// Frame kinds, the byte after the length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -1,4 +1,4 @@
-//! Reconnect delays: exponential backoff with full jitter, and the random spread before the
+//! The one backoff of the workspace: exponential with full jitter, and the random spread before the
 //! first attempt after a lost link.
 //!
 //! Full jitter (a uniform draw in `[0, min(cap, base × 2^(n-1))]`) is what keeps a fleet of
