@@ -25,6 +25,20 @@ pub const DATA_OVERHEAD: usize = 1 + 8;
 /// Shortest lease TTL: etcd grants whole seconds, and a keepalive every TTL/3 needs room.
 pub const MIN_TTL: Duration = Duration::from_secs(2);
 
+/// Floors of a router's client policy: the router refuses a policy below them when it loads
+/// it, and the client clamps what a router says up to them, so one typo in a policy file
+/// cannot make a million phones ping every 30 ms or reconnect in a tight loop. (An app's
+/// own local settings are its own choice and are not clamped.)
+pub mod policy_floor {
+    use std::time::Duration;
+    /// Shortest heartbeat interval a router may ask for.
+    pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+    /// Shortest heartbeat timeout a router may ask for.
+    pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(500);
+    /// Smallest first backoff ceiling a router may ask for.
+    pub const BACKOFF_BASE: Duration = Duration::from_millis(100);
+}
+
 /// Largest application payload one DATA frame can carry under a frame limit of `max_frame`.
 pub fn max_data_payload(max_frame: usize) -> usize {
     max_frame.saturating_sub(DATA_OVERHEAD)
