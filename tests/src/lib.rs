@@ -12,6 +12,8 @@
 //! - [`router`]: a router in-process on free ports, and records written straight into etcd.
 //! - [`eventually`]: bounded polling for scenario assertions.
 //! - [`rawclient`]: a raw-socket contract-3 client and an in-process gateway, for gateway tests.
+//! - [`scripted`]: a scripted gateway peer that holds ACKs, refuses with `retry_after`,
+//!   kicks or stays silent on demand, for the client-lib contract tests.
 //! - [`client_kit`]: standalone gateway processes, a client preset and event waits for the
 //!   client scenarios.
 //!
@@ -27,6 +29,7 @@ pub mod process;
 pub mod proxy;
 pub mod rawclient;
 pub mod router;
+pub mod scripted;
 
 pub use cluster::{Cluster, GatewaySpec};
 pub use etcd::{Etcd, EtcdCluster};
