@@ -604,7 +604,10 @@ mod tests {
         let cut = Input::Deadline {
             trying: vec!["a".into(), "b".into()],
         };
-        match m.handle(t0 + Duration::from_secs(3), cut, &e, &mut rng).next {
+        match m
+            .handle(t0 + Duration::from_secs(3), cut, &e, &mut rng)
+            .next
+        {
             Next::GiveUp(GaveUp::LoginDeadline {
                 attempts: 1,
                 trying,
