@@ -89,8 +89,14 @@ impl Child {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         let output = Arc::new(Output::default());
-        let stdout = inner.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>);
-        let stderr = inner.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>);
+        let stdout = inner
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>);
+        let stderr = inner
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>);
         for (stream, pipe) in [("stdout", stdout), ("stderr", stderr)] {
             if let Some(pipe) = pipe {
                 output.read(pipe, name, stream, echo);
@@ -501,8 +507,10 @@ mod tests {
         // All on stderr: lines from two pipes are kept in the order their threads read
         // them, which need not be the order they were written in.
         let mut child = Child::spawn_quiet(
-            sh("exec >&2; echo 'first line'; for i in $(seq 1 60); do echo noise $i; done; \
-                echo 'boom: the known message'; exit 3"),
+            sh(
+                "exec >&2; echo 'first line'; for i in $(seq 1 60); do echo noise $i; done; \
+                echo 'boom: the known message'; exit 3",
+            ),
             "quitter",
         );
         let err = child
@@ -510,8 +518,20 @@ mod tests {
             .await
             .expect_err("it exits");
         let text = err.to_string();
-        assert!(matches!(err, NotReady::Exited { addr_in_use: false, .. }), "{text}");
-        assert!(text.starts_with("quitter: did not start: exited before never"), "{text}");
+        assert!(
+            matches!(
+                err,
+                NotReady::Exited {
+                    addr_in_use: false,
+                    ..
+                }
+            ),
+            "{text}"
+        );
+        assert!(
+            text.starts_with("quitter: did not start: exited before never"),
+            "{text}"
+        );
         assert!(text.contains("exit status: 3"), "{text}");
         assert!(text.contains("[stderr] boom: the known message"), "{text}");
         assert!(text.contains("[stderr] noise 60"), "{text}");
@@ -523,7 +543,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_child_that_never_gets_ready_is_reported_running_with_its_output() {
-        let mut child = Child::spawn_quiet(sh("echo 'on stdout'; echo 'still starting' >&2; exec sleep 30"), "slow");
+        let mut child = Child::spawn_quiet(
+            sh("echo 'on stdout'; echo 'still starting' >&2; exec sleep 30"),
+            "slow",
+        );
         let t0 = Instant::now();
         let err = child
             .wait_ready(Duration::from_millis(300), "slow /healthz", || async {
@@ -531,7 +554,10 @@ mod tests {
             })
             .await
             .expect_err("never ready");
-        assert!(t0.elapsed() < Duration::from_secs(5), "bounded by the limit");
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "bounded by the limit"
+        );
         let text = err.to_string();
         assert!(matches!(err, NotReady::TimedOut { .. }), "{text}");
         assert!(
@@ -610,9 +636,18 @@ mod tests {
             .wait_ready(Duration::from_secs(10), "never", || async { None::<()> })
             .await
             .expect_err("it exits");
-        assert!(matches!(err, NotReady::Exited { addr_in_use: false, .. }));
+        assert!(matches!(
+            err,
+            NotReady::Exited {
+                addr_in_use: false,
+                ..
+            }
+        ));
         assert!(err.port_conflict(&[port]), "the port is held: {err}");
-        assert!(!err.port_conflict(&[ports::reserve()]), "a free port: {err}");
+        assert!(
+            !err.port_conflict(&[ports::reserve()]),
+            "a free port: {err}"
+        );
     }
 
     #[test]
