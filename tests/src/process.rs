@@ -426,7 +426,9 @@ impl Output {
                     match reader.read_until(b'\n', &mut buf) {
                         Ok(0) | Err(_) => break,
                         Ok(_) => {
-                            let line = String::from_utf8_lossy(&buf);
+                            // Children log with colours even into a pipe (tracing's
+                            // default): escape codes only make a message hard to read.
+                            let line = strip_ansi(&String::from_utf8_lossy(&buf));
                             let line = line.trim_end_matches(['\n', '\r']);
                             if echo {
                                 eprintln!("[{name}] {line}");
@@ -478,6 +480,26 @@ impl Output {
         }
         text
     }
+}
+
+/// `text` without ANSI escape sequences (`ESC [ … final byte`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            chars.next();
+            // Parameters and intermediates, up to the final byte in '@'..='~'.
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// `line` cut to [`MAX_LINE`] bytes at a character boundary.
@@ -648,6 +670,15 @@ mod tests {
             !err.port_conflict(&[ports::reserve()]),
             "a free port: {err}"
         );
+    }
+
+    #[test]
+    fn colour_codes_are_dropped_from_kept_lines() {
+        assert_eq!(
+            strip_ansi("\u{1b}[2m2026\u{1b}[0m \u{1b}[31mERROR\u{1b}[0m boom"),
+            "2026 ERROR boom"
+        );
+        assert_eq!(strip_ansi("plain [x] text"), "plain [x] text");
     }
 
     #[test]
