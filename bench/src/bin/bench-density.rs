@@ -381,7 +381,10 @@ async fn measure(
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(addr).await.is_err() {
         if Instant::now() > deadline || !server.is_running() {
-            bail!("{name} does not listen on {addr}");
+            bail!(
+                "{}",
+                server.report(&format!("{name} does not listen on {addr}"))
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
