@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 
 use etcd_client::Client;
-use switchyard_gateway_agent::agent::http::{Target, get};
+use switchyard_gateway_agent::agent::{Target, http_get as get};
 use switchyard_registry::{GatewayId, GatewayRecord, Prefix};
 
 use crate::{Child, bin_path, free_port};

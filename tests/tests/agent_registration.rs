@@ -60,16 +60,14 @@ async fn record_appears_with_the_documented_fields_and_a_lease() {
 
     // Ops endpoint.
     let target =
-        switchyard_gateway_agent::agent::http::Target::parse(&format!("http://{http}/healthz"))
-            .unwrap();
-    let (status, _) = switchyard_gateway_agent::agent::http::get(&target)
+        switchyard_gateway_agent::agent::Target::parse(&format!("http://{http}/healthz")).unwrap();
+    let (status, _) = switchyard_gateway_agent::agent::http_get(&target)
         .await
         .unwrap();
     assert!(status.is_success());
     let metrics =
-        switchyard_gateway_agent::agent::http::Target::parse(&format!("http://{http}/metrics"))
-            .unwrap();
-    let (_, body) = switchyard_gateway_agent::agent::http::get(&metrics)
+        switchyard_gateway_agent::agent::Target::parse(&format!("http://{http}/metrics")).unwrap();
+    let (_, body) = switchyard_gateway_agent::agent::http_get(&metrics)
         .await
         .unwrap();
     let text = String::from_utf8_lossy(&body);

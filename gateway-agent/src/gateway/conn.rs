@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use switchyard_proto::limits::MAX_SESSION_ID;
 use switchyard_proto::v1;
 use switchyard_proto::wire::Frame;
 use tokio::net::TcpStream;
@@ -25,9 +26,6 @@ use super::transport::{BoxIo, Incoming, RecvError, Transport};
 
 /// How long a closing connection waits for the client to read the last frame and hang up.
 const LINGER: Duration = Duration::from_secs(1);
-
-/// Longest client-chosen session id kept on resume; longer ones get a fresh id.
-const MAX_SESSION_ID: usize = 64;
 
 fn closed(reason: &'static str) {
     metrics::counter!("switchyard_gateway_closed_total", "reason" => reason).increment(1);
@@ -123,6 +121,7 @@ pub(crate) async fn serve_io(io: BoxIo, peer: SocketAddr, websocket: bool, share
         return Box::pin(reject(transport, code, e.to_string(), 0, &shared)).await;
     }
 
+    // A longer client-chosen id gets a fresh one rather than a refusal.
     let session_id = if !hello.session_id.is_empty() && hello.session_id.len() <= MAX_SESSION_ID {
         hello.session_id.clone()
     } else {
