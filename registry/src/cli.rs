@@ -269,6 +269,34 @@ mod tests {
         }
     }
 
+    #[derive(Debug, Parser)]
+    struct WithEtcd {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        registry: EtcdArgs,
+    }
+
+    #[test]
+    fn etcd_args_flatten_and_given_tells_values_from_defaults() {
+        let m = matches_from::<WithEtcd, _>(["prog"]).unwrap();
+        let a = WithEtcd::from_arg_matches(&m).unwrap();
+        assert_eq!(a.registry.etcd, ["http://127.0.0.1:2379"]);
+        assert!(!given(&m, "etcd"), "a default is not given");
+        let f = file("etcd = \"http://10.0.0.1:2379,http://10.0.0.2:2379\"\n");
+        let m = matches_from::<WithEtcd, _>(["prog", "--config", f.0.to_str().unwrap()]).unwrap();
+        assert!(given(&m, "etcd"), "a file value is given");
+        assert!(!given(&m, "prefix"));
+        let a = WithEtcd::from_arg_matches(&m).unwrap();
+        assert_eq!(a.registry.etcd.len(), 2);
+        assert!(a.registry.etcd_config().is_ok());
+        assert_eq!(a.registry.prefix().unwrap().as_str(), "/switchyard");
+        let m = matches_from::<WithEtcd, _>(["prog", "--prefix", "nope"]).unwrap();
+        let a = WithEtcd::from_arg_matches(&m).unwrap();
+        assert!(given(&m, "prefix"));
+        assert!(a.registry.prefix().is_err(), "validated on use");
+    }
+
     #[test]
     fn file_values_fill_in_and_flags_win() {
         let f =

@@ -127,7 +127,8 @@ async fn bad_flags_are_refused_with_a_clear_message() {
         cmd.args(flags).stderr(std::process::Stdio::piped());
         let out = cmd.output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{flags:?}: {stderr}");
+        // A usage error, not a runtime one (docs/operations.md, exit codes).
+        assert_eq!(out.status.code(), Some(2), "{flags:?}: {stderr}");
         assert!(stderr.contains(expect), "{flags:?}: {stderr}");
     }
 }
