@@ -16,6 +16,7 @@ use clap::Parser;
 use switchyard_gateway_agent::agent::{self, RegistryArgs};
 use switchyard_gateway_agent::gateway::{self, Gateway, KickPolicy, Listeners};
 use switchyard_gateway_agent::{ops_router, raise_fd_limit, serve_ops};
+use switchyard_proto::limits::DEFAULT_MAX_FRAME;
 use switchyard_registry::Addrs;
 use switchyard_registry::cli;
 use switchyard_registry::telemetry::{self, LogFormat};
@@ -75,7 +76,7 @@ struct Flags {
     #[arg(long, env = "SWITCHYARD_SEND_QUEUE", default_value_t = 256)]
     send_queue: usize,
     /// Largest frame in bytes (the length field).
-    #[arg(long, env = "SWITCHYARD_MAX_FRAME", default_value_t = 64 * 1024)]
+    #[arg(long, env = "SWITCHYARD_MAX_FRAME", default_value_t = DEFAULT_MAX_FRAME)]
     max_frame: usize,
     /// GOAWAYs are spread evenly over this window on drain.
     #[arg(long, env = "SWITCHYARD_DRAIN_WINDOW", default_value = "30s", value_parser = humantime::parse_duration)]
