@@ -7,15 +7,19 @@
 //! - [`lease`]: [`LeaseSession`], one key kept alive under a lease through outages.
 //! - [`watcher`]: [`PrefixWatcher`], whole and consistent snapshots of a prefix.
 //! - [`view`]: the registry decoded for routers and tools ([`RegistryView`]).
+//! - [`cli`] and [`telemetry`]: what every binary shares — the etcd flags,
+//!   `--config` files, exit codes, logging and the metrics recorder.
 //!
 //! Everything here survives etcd restarts, outages longer than a lease TTL, leader changes
 //! and compaction; see `docs/registry.md` for the schema itself.
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod etcd;
 pub mod keys;
 pub mod lease;
 pub mod record;
+pub mod telemetry;
 pub mod view;
 pub mod watcher;
 

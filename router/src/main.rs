@@ -1,34 +1,46 @@
 //! `switchyard-router`: flags, env and TOML merged into a `router::Config`, then
-//! `switchyard_router::run`.
+//! `switchyard_router::run`. Exits 2 on a usage or configuration error, 1 when running
+//! fails (`switchyard_registry::cli`).
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::Parser;
+use clap::{ArgMatches, CommandFactory, FromArgMatches};
 use ipnet::IpNet;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use switchyard_registry::EtcdConfig;
+use switchyard_registry::cli::{self, EtcdArgs, given};
+use switchyard_registry::telemetry::{self, LogFormat};
 use switchyard_router::{Config, Listeners};
 
+/// Name in error lines.
+const BIN: &str = "switchyard-router";
+
+/// Explicit buckets for Route latency: the default summary hides the microsecond range
+/// the router answers in.
+const ROUTE_SECONDS_BUCKETS: &[f64] = &[
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.005, 0.025, 0.1,
+];
+
 /// Watches the Switchyard registry in etcd and answers Route with ranked gateways.
-#[derive(Debug, Parser)]
+///
+/// The defaults shown are the built-in ones; a value in the `--config` file wins over
+/// them, and a flag or its environment variable wins over the file.
+#[derive(Debug, clap::Parser)]
 #[command(name = "switchyard-router", version)]
 struct Args {
     /// TOML file with any of the settings below plus ranking, outlier, policy and locality
     /// tables; flags and env override it.
     #[arg(long, env = "SWITCHYARD_CONFIG")]
     config: Option<PathBuf>,
-    /// etcd endpoints, comma-separated.
-    #[arg(long, env = "SWITCHYARD_ETCD", value_delimiter = ',')]
-    etcd: Option<Vec<String>>,
-    /// Registry prefix.
-    #[arg(long, env = "SWITCHYARD_PREFIX")]
-    prefix: Option<String>,
+    /// The etcd connection, the same flags as every Switchyard binary.
+    #[command(flatten)]
+    registry: EtcdArgs,
     /// gRPC listen address.
-    #[arg(long, env = "SWITCHYARD_LISTEN")]
-    listen: Option<SocketAddr>,
+    #[arg(long, env = "SWITCHYARD_LISTEN", default_value = "127.0.0.1:7100")]
+    listen: SocketAddr,
     /// HTTP side port (/metrics, /healthz, status page).
     #[arg(long, env = "SWITCHYARD_HTTP_LISTEN")]
     http_listen: Option<SocketAddr>,
@@ -54,15 +66,16 @@ struct Args {
     #[arg(long, env = "SWITCHYARD_CLIENT_CA")]
     client_ca: Option<PathBuf>,
     /// How long clients may cache a Route answer, e.g. 30s.
-    #[arg(long, env = "SWITCHYARD_VALID_FOR", value_parser = humantime::parse_duration)]
-    valid_for: Option<std::time::Duration>,
-    /// Log format: text or json.
-    #[arg(long, env = "SWITCHYARD_LOG_FORMAT")]
-    log_format: Option<String>,
+    #[arg(long, env = "SWITCHYARD_VALID_FOR", default_value = "30s", value_parser = humantime::parse_duration)]
+    valid_for: std::time::Duration,
+    /// Log format.
+    #[arg(long, env = "SWITCHYARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
 impl Args {
-    fn into_config(self) -> anyhow::Result<Config> {
+    /// The file's settings with what was given as a flag or env variable over them.
+    fn into_config(self, matches: &ArgMatches) -> anyhow::Result<Config> {
         let mut c = match &self.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -71,20 +84,32 @@ impl Args {
             }
             None => Config::default(),
         };
-        macro_rules! set {
-            ($($field:ident),*) => { $( if let Some(v) = self.$field { c.$field = v; } )* };
+        let explicit = |id: &str| given(matches, id);
+        if explicit("etcd") {
+            c.etcd = self.registry.etcd;
+        }
+        if explicit("prefix") {
+            c.prefix = self.registry.prefix;
+        }
+        if explicit("listen") {
+            c.listen = self.listen;
+        }
+        if explicit("valid_for") {
+            c.valid_for = self.valid_for;
+        }
+        if explicit("log_format") {
+            c.log_format = match self.log_format {
+                LogFormat::Text => "text",
+                LogFormat::Json => "json",
+            }
+            .to_owned();
+        }
+        if let Some(v) = self.trust_forwarded_for {
+            c.trust_forwarded_for = v;
         }
         macro_rules! set_opt {
             ($($field:ident),*) => { $( if self.$field.is_some() { c.$field = self.$field; } )* };
         }
-        set!(
-            etcd,
-            prefix,
-            listen,
-            trust_forwarded_for,
-            valid_for,
-            log_format
-        );
         set_opt!(
             http_listen,
             admin_token,
@@ -98,54 +123,37 @@ impl Args {
     }
 }
 
-/// How often histogram samples are folded into their buckets (the exporter's own default).
-const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
-
-fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,h2=warn,tower=warn,hyper=warn".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if format == "json" {
-        builder.json().init();
+#[tokio::main]
+async fn main() -> ExitCode {
+    // Exits 2 itself on a bad flag (0 for --help and --version).
+    let matches = Args::command().get_matches();
+    let (etcd, config) = match Args::from_arg_matches(&matches)
+        .map_err(anyhow::Error::from)
+        .and_then(|args| args.into_config(&matches))
+        .and_then(|c| Ok((EtcdConfig::new(&c.etcd)?, c)))
+    {
+        Ok(c) => c,
+        Err(e) => return cli::fail(BIN, cli::EXIT_USAGE, &format_args!("{e:#}")),
+    };
+    telemetry::init_logging(if config.log_format == "json" {
+        LogFormat::Json
     } else {
-        builder.init();
+        LogFormat::Text
+    });
+    match run(etcd, config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            cli::fail(BIN, cli::EXIT_RUNTIME, &format_args!("{e:#}"))
+        }
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let config = match Args::parse().into_config() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("switchyard-router: {e:#}");
-            std::process::exit(64);
-        }
-    };
-    init_logging(&config.log_format);
-    let metrics = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Full("switchyard_router_route_seconds".into()),
-            &[
-                0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.005, 0.025, 0.1,
-            ],
-        )?
-        .install_recorder()
-        .context("installing the metrics recorder")?;
-    // `install_recorder` spawns no upkeep task: histogram samples (one per Route) pile up
-    // in the recorder until something drains them, and only a /metrics scrape did, so an
-    // unscraped router grew with every Route. Drain them on a timer like `install()` does.
-    let upkeep = metrics.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(METRICS_UPKEEP);
-        loop {
-            tick.tick().await;
-            upkeep.run_upkeep();
-        }
-    });
-    let client = EtcdConfig::new(&config.etcd)?
-        .connect()
-        .await
-        .context("connecting to etcd")?;
+async fn run(etcd: EtcdConfig, config: Config) -> anyhow::Result<()> {
+    let metrics =
+        telemetry::install_metrics(&[("switchyard_router_route_seconds", ROUTE_SECONDS_BUCKETS)])
+            .context("installing the metrics recorder")?;
+    let client = etcd.connect().await.context("connecting to etcd")?;
     let grpc = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;

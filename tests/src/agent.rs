@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use etcd_client::Client;
-use switchyard_gateway_agent::agent::http::{Target, get};
+use switchyard_gateway_agent::agent::{Target, http_get as get};
 use switchyard_registry::{GatewayId, GatewayRecord, Prefix};
 
 use crate::process::{Launch, start};

@@ -62,16 +62,14 @@ async fn record_appears_with_the_documented_fields_and_a_lease() {
 
     // Ops endpoint.
     let target =
-        switchyard_gateway_agent::agent::http::Target::parse(&format!("http://{http}/healthz"))
-            .unwrap();
-    let (status, _) = switchyard_gateway_agent::agent::http::get(&target)
+        switchyard_gateway_agent::agent::Target::parse(&format!("http://{http}/healthz")).unwrap();
+    let (status, _) = switchyard_gateway_agent::agent::http_get(&target)
         .await
         .unwrap();
     assert!(status.is_success());
     let metrics =
-        switchyard_gateway_agent::agent::http::Target::parse(&format!("http://{http}/metrics"))
-            .unwrap();
-    let (_, body) = switchyard_gateway_agent::agent::http::get(&metrics)
+        switchyard_gateway_agent::agent::Target::parse(&format!("http://{http}/metrics")).unwrap();
+    let (_, body) = switchyard_gateway_agent::agent::http_get(&metrics)
         .await
         .unwrap();
     let text = String::from_utf8_lossy(&body);
@@ -131,7 +129,8 @@ async fn bad_flags_are_refused_with_a_clear_message() {
         cmd.args(flags).stderr(std::process::Stdio::piped());
         let out = cmd.output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{flags:?}: {stderr}");
+        // A usage error, not a runtime one (docs/operations.md, exit codes).
+        assert_eq!(out.status.code(), Some(2), "{flags:?}: {stderr}");
         assert!(stderr.contains(expect), "{flags:?}: {stderr}");
     }
 }

@@ -33,7 +33,7 @@ use switchyard_bench::procfs;
 use switchyard_bench::rawconn::{
     self, KIND_HELLO, KIND_PING, KIND_PONG, KIND_WELCOME, PING, read_kind,
 };
-use switchyard_gateway_agent::cli::raise_fd_limit;
+use switchyard_gateway_agent::raise_fd_limit;
 use switchyard_tests::{Child, bin_path, free_port};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
