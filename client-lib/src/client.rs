@@ -427,3 +427,55 @@ impl Client {
             .map(|a| a.learned(network))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    use super::*;
+    use crate::Gateway;
+
+    fn client() -> Client {
+        Builder::new()
+            .client_id("u")
+            .bootstrap([Gateway::new("g", "127.0.0.1:1")])
+            .build()
+            .expect("valid")
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_that_falls_behind_is_told_how_much_it_missed() {
+        let c = client();
+        let mut events = c.events();
+        for attempt in 0..300 {
+            c.common.emit(Event::Connected {
+                gateway: "g".into(),
+                attempt,
+            });
+        }
+        assert_eq!(events.next().await, Some(Event::Lagged { missed: 44 }));
+        assert_eq!(
+            events.next().await,
+            Some(Event::Connected {
+                gateway: "g".into(),
+                attempt: 44
+            })
+        );
+        assert_eq!(
+            c.history().len(),
+            Common::HISTORY,
+            "history keeps the last 256"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_oversized_payload_is_refused_before_anything_else() {
+        let c = client();
+        let max = limits::max_data_payload(limits::DEFAULT_MAX_FRAME);
+        match c.send(vec![0u8; max + 1]).await {
+            Err(SendError::TooLarge(p, m)) => assert_eq!((p.len(), m), (max + 1, max)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(c.stats().queued, 0);
+    }
+}
