@@ -771,6 +771,7 @@ impl Driver {
                 exclude: exclude.clone(),
                 failures: self.failures.report(now),
                 explain: false,
+                dry_run: false,
             };
             match routers.route(&req).await {
                 Ok(resp) if !resp.gateways.is_empty() => {

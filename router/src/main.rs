@@ -1,4 +1,5 @@
-//! `switchyard-router`: flags, env and TOML merged into a `router::Config`, then
+//! `switchyard-router`: flags, env and TOML merged into a `router::Config` (validated) plus
+//! the settings only this binary uses (etcd endpoints, listen addresses, log format), then
 //! `switchyard_router::run`.
 #![forbid(unsafe_code)]
 
@@ -9,8 +10,9 @@ use anyhow::Context as _;
 use clap::Parser;
 use ipnet::IpNet;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use serde::Deserialize;
 use switchyard_registry::EtcdConfig;
-use switchyard_router::{Config, Listeners};
+use switchyard_router::{Config, Listeners, ValidConfig};
 
 /// Watches the Switchyard registry in etcd and answers Route with ranked gateways.
 #[derive(Debug, Parser)]
@@ -57,55 +59,98 @@ struct Args {
     #[arg(long, env = "SWITCHYARD_VALID_FOR", value_parser = humantime::parse_duration)]
     valid_for: Option<std::time::Duration>,
     /// Log format: text or json.
-    #[arg(long, env = "SWITCHYARD_LOG_FORMAT")]
-    log_format: Option<String>,
+    #[arg(long, env = "SWITCHYARD_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
 }
 
+/// The settings only this binary uses; the rest of the file is the library's [`Config`].
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Process {
+    /// etcd endpoints to connect to.
+    etcd: Vec<String>,
+    /// gRPC listen address.
+    listen: SocketAddr,
+    /// HTTP side port, none when unset.
+    http_listen: Option<SocketAddr>,
+    /// Log format: `text` or `json`.
+    log_format: LogFormat,
+}
+
+impl Default for Process {
+    fn default() -> Self {
+        Self {
+            etcd: vec!["http://127.0.0.1:2379".into()],
+            listen: SocketAddr::from(([127, 0, 0, 1], 7100)),
+            http_listen: None,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Keys of the config file that belong to [`Process`], not to the library's [`Config`].
+const PROCESS_KEYS: [&str; 4] = ["etcd", "listen", "http_listen", "log_format"];
+
 impl Args {
-    fn into_config(self) -> anyhow::Result<Config> {
-        let mut c = match &self.config {
+    fn into_config(self) -> anyhow::Result<(Process, ValidConfig)> {
+        let (mut p, mut c) = match &self.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading {}", path.display()))?;
-                Config::from_toml(&text)?
+                let mut table: toml::Table = text.parse().map_err(switchyard_router::ConfigError::Toml)?;
+                let process: toml::Table = PROCESS_KEYS
+                    .iter()
+                    .filter_map(|k| table.remove(*k).map(|v| (k.to_string(), v)))
+                    .collect();
+                let p: Process = toml::Value::Table(process)
+                    .try_into()
+                    .map_err(switchyard_router::ConfigError::Toml)?;
+                let c: Config = toml::Value::Table(table)
+                    .try_into()
+                    .map_err(switchyard_router::ConfigError::Toml)?;
+                (p, c)
             }
-            None => Config::default(),
+            None => (Process::default(), Config::default()),
         };
         macro_rules! set {
-            ($($field:ident),*) => { $( if let Some(v) = self.$field { c.$field = v; } )* };
+            ($into:ident: $($field:ident),*) => { $( if let Some(v) = self.$field { $into.$field = v; } )* };
         }
         macro_rules! set_opt {
-            ($($field:ident),*) => { $( if self.$field.is_some() { c.$field = self.$field; } )* };
+            ($into:ident: $($field:ident),*) => { $( if self.$field.is_some() { $into.$field = self.$field; } )* };
         }
-        set!(
-            etcd,
-            prefix,
-            listen,
-            trust_forwarded_for,
-            valid_for,
-            log_format
-        );
+        set!(p: etcd, listen, log_format);
+        set_opt!(p: http_listen);
+        set!(c: prefix, trust_forwarded_for, valid_for);
         set_opt!(
-            http_listen,
-            admin_token,
+            c: admin_token,
             admin_token_file,
             route_token,
             tls_cert,
             tls_key,
             client_ca
         );
-        Ok(c.validate()?)
+        Ok((p, c.validate()?))
     }
 }
 
 /// How often histogram samples are folded into their buckets (the exporter's own default).
 const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
 
-fn init_logging(format: &str) {
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,h2=warn,tower=warn,hyper=warn".into());
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if format == "json" {
+    if format == LogFormat::Json {
         builder.json().init();
     } else {
         builder.init();
@@ -114,14 +159,14 @@ fn init_logging(format: &str) {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = match Args::parse().into_config() {
-        Ok(c) => c,
+    let (process, config) = match Args::parse().into_config() {
+        Ok(both) => both,
         Err(e) => {
             eprintln!("switchyard-router: {e:#}");
             std::process::exit(64);
         }
     };
-    init_logging(&config.log_format);
+    init_logging(process.log_format);
     let metrics = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full("switchyard_router_route_seconds".into()),
@@ -142,14 +187,14 @@ async fn main() -> anyhow::Result<()> {
             upkeep.run_upkeep();
         }
     });
-    let client = EtcdConfig::new(&config.etcd)?
+    let client = EtcdConfig::new(&process.etcd)?
         .connect()
         .await
         .context("connecting to etcd")?;
-    let grpc = tokio::net::TcpListener::bind(config.listen)
+    let grpc = tokio::net::TcpListener::bind(process.listen)
         .await
-        .with_context(|| format!("binding {}", config.listen))?;
-    let http = match config.http_listen {
+        .with_context(|| format!("binding {}", process.listen))?;
+    let http = match process.http_listen {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
                 .await
@@ -160,7 +205,7 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(
         listen = %grpc.local_addr()?,
         http = ?http.as_ref().map(|l| l.local_addr()).transpose()?,
-        prefix = %config.prefix,
+        prefix = %config.prefix(),
         "switchyard-router starting"
     );
     let shutdown = async {
