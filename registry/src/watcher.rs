@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};
+use switchyard_proto::backoff::Backoff;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use switchyard_proto::backoff::Backoff;
 use tracing::{debug, info, warn};
 
 use crate::etcd::Retries;

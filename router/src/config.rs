@@ -330,7 +330,11 @@ impl Policy {
                 self.heartbeat_timeout,
                 policy_floor::HEARTBEAT_TIMEOUT,
             ),
-            ("backoff_base", self.backoff_base, policy_floor::BACKOFF_BASE),
+            (
+                "backoff_base",
+                self.backoff_base,
+                policy_floor::BACKOFF_BASE,
+            ),
         ] {
             if value < floor {
                 return Err(PolicyError::BelowFloor {
@@ -536,14 +540,19 @@ mod tests {
     #[test]
     fn binary_settings_are_not_library_settings() {
         // The binary reads these from its own part of the file.
-        for key in ["etcd = []", "listen = \"127.0.0.1:1\"", "log_format = \"json\""] {
+        for key in [
+            "etcd = []",
+            "listen = \"127.0.0.1:1\"",
+            "log_format = \"json\"",
+        ] {
             assert!(bad(key).contains("unknown field"), "{key}");
         }
     }
 
     #[test]
     fn a_heartbeat_below_the_floor_is_refused_naming_the_key() {
-        let err = bad("[[policy.overrides]]\nnetwork = \"cellular\"\nheartbeat_interval = \"30ms\"");
+        let err =
+            bad("[[policy.overrides]]\nnetwork = \"cellular\"\nheartbeat_interval = \"30ms\"");
         assert_eq!(
             err,
             "policy.overrides[network=cellular].heartbeat_interval = 30ms is below the floor of 1s"

@@ -29,8 +29,7 @@ mod service;
 mod view;
 
 pub use config::{
-    Config, ConfigError, LocalityRule, Policies, Policy, PolicyError, PolicyOverride,
-    ValidConfig,
+    Config, ConfigError, LocalityRule, Policies, Policy, PolicyError, PolicyOverride, ValidConfig,
 };
 pub use outlier::{Params as OutlierParams, ParamsError as OutlierParamsError};
 pub use server::{Error, Listeners, run};

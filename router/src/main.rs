@@ -107,7 +107,8 @@ impl Args {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading {}", path.display()))?;
-                let mut table: toml::Table = text.parse().map_err(switchyard_router::ConfigError::Toml)?;
+                let mut table: toml::Table =
+                    text.parse().map_err(switchyard_router::ConfigError::Toml)?;
                 let process: toml::Table = PROCESS_KEYS
                     .iter()
                     .filter_map(|k| table.remove(*k).map(|v| (k.to_string(), v)))

@@ -131,7 +131,10 @@ impl State {
             self.ejections = 0;
         }
         self.ejections = self.ejections.saturating_add(1);
-        let length = p.base_ejection.saturating_mul(self.ejections).min(p.max_ejection);
+        let length = p
+            .base_ejection
+            .saturating_mul(self.ejections)
+            .min(p.max_ejection);
         self.reports.clear();
         now_ms + length.as_millis() as i64
     }

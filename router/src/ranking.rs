@@ -1048,7 +1048,8 @@ pub fn within_bound(c: f64, load: u64, capacity: u64, pool_load: u64, pool_cap: 
     if pool_cap == 0 {
         return true;
     }
-    let allowed = (c * pool_load.saturating_add(1) as f64 * capacity as f64 / pool_cap as f64).ceil();
+    let allowed =
+        (c * pool_load.saturating_add(1) as f64 * capacity as f64 / pool_cap as f64).ceil();
     load.saturating_add(1) as f64 <= allowed
 }
 

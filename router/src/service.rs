@@ -187,7 +187,11 @@ fn check_route<T>(state: &State, req: &Request<T>) -> Result<(), Status> {
 
 /// The caller's IP: the peer, or the client named in `x-forwarded-for` when the peer is a
 /// trusted proxy (the right-most address not itself a trusted proxy).
-pub(crate) fn caller_ip(config: &Config, peer: Option<IpAddr>, forwarded: Option<&str>) -> Option<IpAddr> {
+pub(crate) fn caller_ip(
+    config: &Config,
+    peer: Option<IpAddr>,
+    forwarded: Option<&str>,
+) -> Option<IpAddr> {
     let peer = peer?;
     if !config.trusts(peer) {
         return Some(peer);

@@ -443,7 +443,9 @@ mod tests {
             };
             snap.items.insert(
                 "gateways/a".into(),
-                Arc::new(Entry::Gateway(GatewayRecord::from_json(json.as_bytes()).unwrap())),
+                Arc::new(Entry::Gateway(
+                    GatewayRecord::from_json(json.as_bytes()).unwrap(),
+                )),
             );
             snap
         };

@@ -506,7 +506,9 @@ async fn garbage_values_are_skipped_and_counted_while_every_good_record_is_seen(
     let ids: Vec<&str> = fleet::gateways(&snap).map(|g| g.id.as_str()).collect();
     assert_eq!(ids, ["gw-1", "gw-2"]);
     assert_eq!(
-        fleet::drains(&snap).map(|(id, _)| id.as_str()).collect::<Vec<_>>(),
+        fleet::drains(&snap)
+            .map(|(id, _)| id.as_str())
+            .collect::<Vec<_>>(),
         ["gw-1"]
     );
     let rejected: Vec<&str> = snap.rejected.keys().map(String::as_str).collect();
