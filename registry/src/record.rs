@@ -36,7 +36,7 @@ pub enum RecordError {
     #[error("addrs.ws {0:?} is not a ws:// or wss:// URL")]
     WsAddr(String),
     /// Capacity must be at least one connection and at most [`MAX_CAPACITY`].
-    #[error("capacity must be within 1..={MAX_CAPACITY}")]
+    #[error("capacity must be at least 1 and at most {MAX_CAPACITY}")]
     Capacity,
     /// More connections than any gateway can hold ([`MAX_CONNECTIONS`]).
     #[error("load.connections {0} is over {MAX_CONNECTIONS}")]
