@@ -29,7 +29,7 @@ pub fn private_memory(pid: u32) -> io::Result<u64> {
 }
 
 /// CPU time (user + system, every thread) process `pid` has used so far.
-pub use switchyard_gateway_agent::agent::cpu::process_cpu_time as cpu_time;
+pub use switchyard_gateway_agent::agent::process_cpu_time as cpu_time;
 
 #[cfg(test)]
 mod tests {

@@ -296,19 +296,19 @@ fn record(m: &Member, e: Event) {
             h.gateway = Some(gateway);
             h.connected_at = Some(Instant::now());
         }
-        Event::Disconnected { reason } => {
+        Event::Disconnected { cause, .. } => {
             h.previous = h.gateway.take();
             h.lost_at = Some(Instant::now());
-            h.lost_reason = Some(reason);
+            h.lost_reason = Some(cause.to_string());
         }
         Event::Kicked { reason, .. } => {
             h.previous = h.gateway.take();
             h.ended = Some(format!("kicked: {reason}"));
         }
-        Event::GaveUp { reason } => {
+        Event::GaveUp { cause } => {
             h.previous = h.gateway.take();
-            h.ended = Some(format!("gave up: {reason}"));
+            h.ended = Some(format!("gave up: {cause}"));
         }
-        Event::Connecting | Event::Reconnecting { .. } => {}
+        _ => {}
     }
 }

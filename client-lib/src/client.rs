@@ -1,159 +1,40 @@
-//! The public client and the driver task behind it.
+//! The public handle and what it shares with the driver task.
 //!
-//! One spawned task owns the link, the outbound queue and the reconnect loop; the
-//! [`Client`] handle talks to it over a channel, so every decision about the link is made in
-//! one place and in order.
+//! One spawned task (the driver, `driver.rs`) owns the link and makes every decision about
+//! it in order; the [`Client`] handle talks to it over a channel and reads the state the
+//! two share in [`Common`].
 
 use std::collections::VecDeque;
-use std::fmt;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
-use futures::Stream;
+use futures::{FutureExt, Stream};
 use parking_lot::Mutex;
-use rand::SeedableRng;
-use rand::rngs::StdRng;
-use switchyard_proto::v1;
-use switchyard_proto::wire::Frame;
+use switchyard_proto::limits;
 use tokio::sync::{Semaphore, broadcast, mpsc, oneshot, watch};
-use tokio::time::{Instant, sleep_until, timeout, timeout_at};
+use tokio::time::{Instant, timeout_at};
 use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
-use crate::config::{Builder, Config, Effective};
-use crate::heartbeat::{Adaptive, Due, Heartbeat};
+use crate::config::{Builder, Config};
+use crate::driver::Driver;
+use crate::event::{Error, Event, SendError, Undelivered};
+use crate::heartbeat::Adaptive;
 use crate::outbox::Outbox;
-use crate::race::{AttemptError, Outcome, RaceSettings, race};
-use crate::routing::{
-    CachedList, FailureLog, Gateway, RouteSource, RouterPolicy, Routers, order_fallback, unix_ms,
-};
-use crate::transport::{Dialer, LinkRx, LinkTx};
-use switchyard_proto::backoff::uniform;
-
-/// What happened to the connection; see [`Client::events`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
-    /// An attempt to get a link starts (routing, then racing).
-    Connecting,
-    /// A gateway accepted the HELLO; `attempt` counts the attempts it took (1 = first try).
-    Connected {
-        /// Gateway id.
-        gateway: String,
-        /// Attempts since the last link (or since `connect()`).
-        attempt: u32,
-    },
-    /// The link is gone.
-    Disconnected {
-        /// Why (`heartbeat timeout`, `closed by gateway`, `goaway: ...`, ...).
-        reason: String,
-    },
-    /// The next attempt starts after `delay`.
-    Reconnecting {
-        /// Number of the coming attempt.
-        attempt: u32,
-        /// Wait before it (random spread or full-jitter backoff).
-        delay: Duration,
-    },
-    /// The gateway sent KICK: terminal, no automatic reconnect.
-    Kicked {
-        /// Kick code.
-        code: v1::KickCode,
-        /// The gateway's reason.
-        reason: String,
-    },
-    /// Terminal: limits reached or the credentials were refused.
-    GaveUp {
-        /// Why.
-        reason: String,
-    },
-}
-
-impl Event {
-    /// Lower-case event name (`connecting`, `connected`, ...).
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::Connecting => "connecting",
-            Self::Connected { .. } => "connected",
-            Self::Disconnected { .. } => "disconnected",
-            Self::Reconnecting { .. } => "reconnecting",
-            Self::Kicked { .. } => "kicked",
-            Self::GaveUp { .. } => "gave_up",
-        }
-    }
-}
-
-impl fmt::Display for Event {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())?;
-        match self {
-            Self::Connecting => Ok(()),
-            Self::Connected { gateway, attempt } => {
-                write!(f, " gateway={gateway} attempt={attempt}")
-            }
-            Self::Disconnected { reason } | Self::GaveUp { reason } => {
-                write!(f, " reason={reason:?}")
-            }
-            Self::Reconnecting { attempt, delay } => {
-                write!(f, " attempt={attempt} delay={}ms", delay.as_millis())
-            }
-            Self::Kicked { code, reason } => {
-                write!(f, " code={} reason={reason:?}", code.as_str_name())
-            }
-        }
-    }
-}
-
-/// Why `connect()` or the client as a whole ended.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Error {
-    /// `connect()` runs once per client.
-    #[error("connect() was already called on this client")]
-    AlreadyStarted,
-    /// Limits reached or credentials refused.
-    #[error("gave up: {0}")]
-    GaveUp(String),
-    /// Kicked by the gateway.
-    #[error("kicked ({}): {reason}", code.as_str_name())]
-    Kicked {
-        /// Kick code.
-        code: v1::KickCode,
-        /// The gateway's reason.
-        reason: String,
-    },
-    /// `close()` was called or every handle was dropped.
-    #[error("client closed")]
-    Closed,
-}
-
-/// `send()` could not queue the message; the payload is handed back.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SendError {
-    /// No link and no room within the send timeout.
-    #[error("send timed out waiting for a link or queue room")]
-    Timeout(Bytes),
-    /// The client has ended (closed, kicked, gave up).
-    #[error("client ended: {1}")]
-    Ended(Bytes, Error),
-}
-
-/// A message that was queued but never acknowledged: handed back on `GaveUp`, `Kicked` or
-/// `close()`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("undelivered ({} bytes): {reason}", payload.len())]
-pub struct Undelivered {
-    /// The application bytes.
-    pub payload: Bytes,
-    /// Why it was given up.
-    pub reason: Error,
-}
+use crate::routing::RouteSource;
 
 /// Resolves when the gateway acknowledged the message, or with the message handed back.
 #[derive(Debug)]
 pub struct Receipt {
     /// Sequence number the message travels under.
     seq: u64,
+    /// A copy of the payload (reference-counted, not copied), so even a driver that died
+    /// without answering hands the message back.
+    payload: Bytes,
     /// Answered by the driver exactly once.
     rx: oneshot::Receiver<Result<(), Undelivered>>,
 }
@@ -171,8 +52,8 @@ impl Future for Receipt {
         Pin::new(&mut self.rx).poll(cx).map(|r| {
             r.unwrap_or_else(|_| {
                 Err(Undelivered {
-                    payload: Bytes::new(),
-                    reason: Error::Closed,
+                    payload: self.payload.clone(),
+                    reason: Error::Crashed("the client task ended without answering".into()),
                 })
             })
         })
@@ -180,9 +61,13 @@ impl Future for Receipt {
 }
 
 /// Received application messages (DATA payloads), in order; ends when the client ends.
+///
+/// Read it: while its buffer (`inbound_buffer`, 1024) is full the client stops reading the
+/// link and stops acknowledging ([`Event::InboundFull`]). Dropping it discards what
+/// arrives from then on, unacknowledged.
 #[derive(Debug)]
 pub struct Messages {
-    /// Fed by the driver; bounded so a slow reader slows the link instead of growing memory.
+    /// Fed by the driver without ever blocking it.
     rx: mpsc::Receiver<Bytes>,
 }
 
@@ -200,29 +85,29 @@ impl Stream for Messages {
     }
 }
 
-/// Connection events from the moment [`Client::events`] was called.
+/// Connection events from the moment [`Client::events`] was called. A subscriber that falls
+/// more than 256 events behind gets [`Event::Lagged`] instead of the ones it missed.
 #[derive(Debug)]
 pub struct Events {
-    /// Lagging subscribers skip what they missed (logged) rather than block the driver.
+    /// The driver never waits for subscribers.
     inner: BroadcastStream<Event>,
 }
 
 impl Stream for Events {
     type Item = Event;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
-        loop {
-            match Pin::new(&mut self.inner).poll_next(cx) {
-                Poll::Ready(Some(Ok(e))) => return Poll::Ready(Some(e)),
-                Poll::Ready(Some(Err(e))) => tracing::warn!(error = %e, "event subscriber lagged"),
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
+        Pin::new(&mut self.inner).poll_next(cx).map(|item| {
+            item.map(|r| match r {
+                Ok(e) => e,
+                Err(BroadcastStreamRecvError::Lagged(missed)) => Event::Lagged { missed },
+            })
+        })
     }
 }
 
 /// Delivery counters since the client was built (see [`Client::stats`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Stats {
     /// Messages accepted by `send()`.
     pub queued: u64,
@@ -235,14 +120,18 @@ pub struct Stats {
     /// Lowest sequence number resent on the most recent new link (0: none yet). Receivers
     /// may see duplicates only from here on.
     pub last_resend_from: u64,
+    /// Messages from gateways handed to the app (and acknowledged).
+    pub received: u64,
+    /// Messages from gateways discarded unacknowledged because the app dropped [`Messages`].
+    pub discarded: u64,
 }
 
 /// Where the client stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Status {
+pub(crate) enum Status {
     /// `connect()` not called yet.
     Idle,
-    /// Between links.
+    /// No link: routing, racing or waiting to retry.
     Connecting,
     /// On a gateway.
     Connected(String),
@@ -250,29 +139,38 @@ enum Status {
     Ended(Error),
 }
 
+/// What a pending `send()` is told: acknowledged, or handed back.
+pub(crate) type Done = oneshot::Sender<Result<(), Undelivered>>;
+
 /// State shared between the handles and the driver.
 #[derive(Debug)]
-struct Common {
+pub(crate) struct Common {
     /// Event fan-out.
     events: broadcast::Sender<Event>,
     /// Current status; `send()` and `connect()` wait on it.
-    status: watch::Sender<Status>,
+    pub(crate) status: watch::Sender<Status>,
     /// Free places in the outbound queue; closed when the client ends.
-    room: Arc<Semaphore>,
+    pub(crate) room: Arc<Semaphore>,
+    /// Unacknowledged messages. Shared (not owned by the driver) so that even a driver
+    /// that panicked leaves them to be handed back.
+    pub(crate) outbox: Mutex<Outbox<Done>>,
     /// Source of the last candidate list (for apps and tests to see fallbacks happen).
-    route_source: Mutex<Option<RouteSource>>,
+    pub(crate) route_source: Mutex<Option<RouteSource>>,
     /// Adaptive heartbeat memory, when on.
-    adaptive: Mutex<Option<Adaptive>>,
+    pub(crate) adaptive: Mutex<Option<Adaptive>>,
     /// Every event in order, so apps (and tests) can read the history after the fact.
     history: Mutex<VecDeque<Event>>,
     /// Delivery counters.
-    stats: Mutex<Stats>,
+    pub(crate) stats: Mutex<Stats>,
+    /// Payloads handed back when the client ended with nobody asking (`GaveUp`, `Kicked`,
+    /// a crash): the next `close()` returns them.
+    unclaimed: Mutex<Vec<Bytes>>,
 }
 
 impl Common {
     const HISTORY: usize = 256;
 
-    fn emit(&self, e: Event) {
+    pub(crate) fn emit(&self, e: Event) {
         tracing::info!(event = %e, "client event");
         let mut h = self.history.lock();
         if h.len() == Self::HISTORY {
@@ -282,17 +180,48 @@ impl Common {
         drop(h);
         let _ = self.events.send(e);
     }
+
+    /// Ends the client: every unacknowledged message is handed back (receipts resolve to
+    /// [`Undelivered`]), plus `late` payloads that never reached the outbox. They go to
+    /// `reply` when a `close()` is waiting, else they wait for the next `close()`.
+    pub(crate) fn end(
+        &self,
+        why: Error,
+        late: Vec<(Bytes, Done)>,
+        reply: Option<oneshot::Sender<Vec<Bytes>>>,
+    ) {
+        self.room.close();
+        let mut failed = Vec::new();
+        let pending = self.outbox.lock().drain();
+        for (payload, done) in pending.into_iter().chain(late) {
+            failed.push(payload.clone());
+            let _ = done.send(Err(Undelivered {
+                payload,
+                reason: why.clone(),
+            }));
+        }
+        self.stats.lock().handed_back += failed.len() as u64;
+        self.status.send_replace(Status::Ended(why));
+        match reply {
+            Some(r) => {
+                if let Err(back) = r.send(failed) {
+                    self.unclaimed.lock().extend(back);
+                }
+            }
+            None => self.unclaimed.lock().extend(failed),
+        }
+    }
 }
 
 /// Requests from the handles to the driver.
 #[derive(Debug)]
-enum Command {
+pub(crate) enum Command {
     /// Queue one DATA frame.
     Send {
         /// Application bytes.
         payload: Bytes,
         /// Answered on ACK or give-up.
-        done: oneshot::Sender<Result<(), Undelivered>>,
+        done: Done,
         /// Tells the handle the sequence number.
         seq: oneshot::Sender<u64>,
     },
@@ -308,7 +237,7 @@ enum Command {
 pub struct Client {
     /// Shared with the driver.
     common: Arc<Common>,
-    /// Settings (read by `send()` for its timeout).
+    /// Settings (read by `send()` for its timeout and size limit).
     config: Arc<Config>,
     /// To the driver; dropping the last handle closes it and stops the driver.
     commands: mpsc::UnboundedSender<Command>,
@@ -330,10 +259,12 @@ impl Client {
                 events: broadcast::channel(256).0,
                 status: watch::channel(Status::Idle).0,
                 room: Arc::new(Semaphore::new(config.max_unacked)),
+                outbox: Mutex::new(Outbox::default()),
                 route_source: Mutex::new(None),
                 adaptive: Mutex::new(adaptive),
                 history: Mutex::new(VecDeque::new()),
                 stats: Mutex::new(Stats::default()),
+                unclaimed: Mutex::new(Vec::new()),
             }),
             config: Arc::new(config),
             commands: tx,
@@ -354,7 +285,9 @@ impl Client {
     }
 
     /// Routes, races and logs in; returns once a gateway accepted (the client then keeps the
-    /// link up by itself) or with the terminal reason. Must run inside a tokio runtime.
+    /// link up by itself) or with the terminal reason — at the latest after the login
+    /// deadline (`login_timeout`, 20 s), with [`crate::GaveUp::LoginDeadline`] naming what
+    /// was tried. Must run inside a tokio runtime.
     pub async fn connect(&self) -> Result<Messages, Error> {
         let commands = self.start.lock().take().ok_or(Error::AlreadyStarted)?;
         let (inbound_tx, inbound_rx) = mpsc::channel(self.config.inbound_buffer);
@@ -366,7 +299,18 @@ impl Client {
             commands,
             inbound_tx,
         );
-        tokio::spawn(driver.run());
+        let common = self.common.clone();
+        tokio::spawn(async move {
+            if let Err(panic) = AssertUnwindSafe(driver.run()).catch_unwind().await {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "panic".into());
+                tracing::error!(panic = %what, "client driver panicked; handing back what was queued");
+                common.end(Error::Crashed(what), Vec::new(), None);
+            }
+        });
         loop {
             match &*status.borrow_and_update() {
                 Status::Connected(_) => return Ok(Messages { rx: inbound_rx }),
@@ -379,11 +323,16 @@ impl Client {
         }
     }
 
-    /// Queues `payload` as one numbered DATA frame. Waits (up to the send timeout) while there
-    /// is no link or the queue is full. The returned [`Receipt`] resolves on the gateway's
-    /// ACK, or hands the payload back if the client ends first.
+    /// Queues `payload` as one numbered DATA frame. While there is no link (before
+    /// `connect()` succeeded, between links) or the queue is full, waits up to the send
+    /// timeout. The returned [`Receipt`] resolves on the gateway's ACK, or hands the
+    /// payload back if the client ends first. A payload over one frame is refused at once.
     pub async fn send(&self, payload: impl Into<Bytes>) -> Result<Receipt, SendError> {
         let payload = payload.into();
+        let max = limits::max_data_payload(self.config.max_frame);
+        if payload.len() > max {
+            return Err(SendError::TooLarge(payload, max));
+        }
         let deadline = Instant::now() + self.config.send_timeout;
         let mut status = self.common.status.subscribe();
         loop {
@@ -407,7 +356,7 @@ impl Client {
         let (seq_tx, seq_rx) = oneshot::channel();
         if let Err(mpsc::error::SendError(Command::Send { payload, .. })) =
             self.commands.send(Command::Send {
-                payload,
+                payload: payload.clone(),
                 done,
                 seq: seq_tx,
             })
@@ -415,7 +364,7 @@ impl Client {
             return Err(SendError::Ended(payload, self.ended()));
         }
         let seq = seq_rx.await.unwrap_or(0);
-        Ok(Receipt { seq, rx })
+        Ok(Receipt { seq, payload, rx })
     }
 
     fn ended(&self) -> Error {
@@ -432,25 +381,26 @@ impl Client {
         let _ = self.commands.send(Command::NetworkChanged(network));
     }
 
-    /// Stops everything; returns every payload that was not acknowledged (their receipts
-    /// resolve as undelivered too).
+    /// Stops everything and returns every payload that was not acknowledged (their
+    /// receipts resolve as undelivered too) — also after the client already ended by
+    /// itself (`GaveUp`, `Kicked`). Returns within about a second even when the gateway or
+    /// the app is stuck.
     pub async fn close(&self) -> Vec<Bytes> {
         if self.start.lock().take().is_some() {
-            // Never started: nothing to stop.
-            self.common
-                .status
-                .send_replace(Status::Ended(Error::Closed));
-            self.common.room.close();
-            return Vec::new();
+            // Never started: nothing was sent, nothing to stop.
+            self.common.end(Error::Closed, Vec::new(), None);
+        } else {
+            let (tx, rx) = oneshot::channel();
+            if self.commands.send(Command::Close(tx)).is_ok()
+                && let Ok(back) = rx.await
+            {
+                return back;
+            }
         }
-        let (tx, rx) = oneshot::channel();
-        if self.commands.send(Command::Close(tx)).is_err() {
-            return Vec::new();
-        }
-        rx.await.unwrap_or_default()
+        std::mem::take(&mut *self.common.unclaimed.lock())
     }
 
-    /// The gateway currently connected to.
+    /// The gateway currently connected to; `None` from the moment a link is lost.
     pub fn gateway(&self) -> Option<String> {
         match &*self.common.status.borrow() {
             Status::Connected(g) => Some(g.clone()),
@@ -458,7 +408,7 @@ impl Client {
         }
     }
 
-    /// Delivery counters: queued, acknowledged, resent, handed back.
+    /// Delivery counters: queued, acknowledged, resent, handed back, received.
     pub fn stats(&self) -> Stats {
         *self.common.stats.lock()
     }
@@ -468,721 +418,12 @@ impl Client {
         *self.common.route_source.lock()
     }
 
-    /// The adaptive heartbeat's current interval for `network` (`None` when adaptive is off).
+    /// What the adaptive heartbeat learned for `network` (`None` when adaptive is off).
     pub fn learned_heartbeat(&self, network: &str) -> Option<Duration> {
         self.common
             .adaptive
             .lock()
             .as_ref()
-            .map(|a| a.interval(network))
-    }
-}
-
-/// How a link ended.
-#[derive(Debug)]
-enum End {
-    /// Application close (or every handle dropped).
-    Closed(Option<oneshot::Sender<Vec<Bytes>>>),
-    /// Broken; reconnect after the spread.
-    Lost(String),
-    /// GOAWAY window reached; reconnect now, elsewhere.
-    GoAway(String),
-    /// `network_changed()`.
-    NetworkChanged,
-    /// Terminal KICK.
-    Kicked(v1::Kick),
-}
-
-/// How one connection attempt (route + race) ended.
-enum Attempted {
-    Won(LinkTx, LinkRx, v1::Welcome, Gateway),
-    Terminal(String),
-    Exhausted(Vec<(Gateway, String)>),
-    Interrupted(End),
-}
-
-/// What stopped a wait between attempts.
-enum Pause {
-    Elapsed,
-    Interrupted(End),
-}
-
-/// The task that owns the link.
-struct Driver {
-    /// Settings.
-    cfg: Arc<Config>,
-    /// Shared with the handles.
-    common: Arc<Common>,
-    /// From the handles.
-    commands: mpsc::UnboundedReceiver<Command>,
-    /// To the application.
-    inbound: mpsc::Sender<Bytes>,
-    /// Unacknowledged frames, resent on every new link.
-    outbox: Outbox<oneshot::Sender<Result<(), Undelivered>>>,
-    /// gRPC clients (`None` when only bootstrap gateways are configured).
-    routers: Option<Routers>,
-    /// Last good router answer.
-    cache: Option<CachedList>,
-    /// Recently failed gateways.
-    failures: FailureLog,
-    /// What the router asked for last.
-    router_policy: RouterPolicy,
-    /// Current network label.
-    network: String,
-    /// Session id from the last WELCOME, offered for resumption in the next HELLO.
-    session_id: String,
-    /// Jitter source.
-    rng: StdRng,
-    /// Highest sequence number ever written: anything at or below it on a new link is a resend.
-    written_high: u64,
-    /// Opens links.
-    dialer: Dialer,
-}
-
-impl Driver {
-    fn new(
-        cfg: Arc<Config>,
-        common: Arc<Common>,
-        commands: mpsc::UnboundedReceiver<Command>,
-        inbound: mpsc::Sender<Bytes>,
-    ) -> Self {
-        let routers = if cfg.routers.is_empty() {
-            None
-        } else {
-            match Routers::new(&cfg.routers, cfg.route_timeout) {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    tracing::error!(error = %e, "router endpoints unusable; using cache and bootstrap only");
-                    None
-                }
-            }
-        };
-        let cache = cfg.cache_file.as_deref().and_then(CachedList::load);
-        let router_policy = cache.as_ref().map(|c| c.policy).unwrap_or_default();
-        Self {
-            dialer: Dialer {
-                protocol: cfg.protocol,
-                tls: cfg.tls.clone(),
-                keepalive: cfg.keepalive,
-                max_frame: cfg.max_frame,
-            },
-            network: cfg.network.clone(),
-            cfg,
-            common,
-            commands,
-            inbound,
-            outbox: Outbox::default(),
-            routers,
-            cache,
-            failures: FailureLog::default(),
-            router_policy,
-            session_id: String::new(),
-            rng: StdRng::from_os_rng(),
-            written_high: 0,
-        }
-    }
-
-    fn effective(&self) -> Effective {
-        Effective::merge(&self.cfg.overrides, &self.router_policy)
-    }
-
-    async fn run(mut self) {
-        let mut attempt: u32 = 0;
-        let mut since = Instant::now();
-        let mut delay: Option<Duration> = None;
-        loop {
-            if let Some(d) = delay.take() {
-                self.common.emit(Event::Reconnecting {
-                    attempt: attempt + 1,
-                    delay: d,
-                });
-                if let Pause::Interrupted(end) = self.pause(d).await {
-                    match end {
-                        End::NetworkChanged => {
-                            attempt = 0;
-                            since = Instant::now();
-                        }
-                        End::Closed(reply) => return self.finish(Error::Closed, reply),
-                        other => {
-                            unreachable!("pause ends only by close or network change: {other:?}")
-                        }
-                    }
-                }
-            }
-            attempt += 1;
-            self.common.status.send_replace(Status::Connecting);
-            self.common.emit(Event::Connecting);
-            let list = self.candidates().await;
-            match self.attempt(&list).await {
-                Attempted::Won(tx, rx, welcome, gw) => {
-                    self.common.emit(Event::Connected {
-                        gateway: gw.id.clone(),
-                        attempt,
-                    });
-                    metrics::counter!("switchyard_client_connects_total").increment(1);
-                    self.common
-                        .status
-                        .send_replace(Status::Connected(gw.id.clone()));
-                    attempt = 0;
-                    let end = self.session(tx, rx, &gw, &welcome).await;
-                    since = Instant::now();
-                    match end {
-                        End::Closed(reply) => {
-                            self.common.emit(Event::Disconnected {
-                                reason: "closed by the application".into(),
-                            });
-                            return self.finish(Error::Closed, reply);
-                        }
-                        End::Kicked(k) => {
-                            let code = v1::KickCode::try_from(k.code).unwrap_or_default();
-                            self.common.emit(Event::Kicked {
-                                code,
-                                reason: k.reason.clone(),
-                            });
-                            return self.finish(
-                                Error::Kicked {
-                                    code,
-                                    reason: k.reason,
-                                },
-                                None,
-                            );
-                        }
-                        End::Lost(reason) => {
-                            metrics::counter!("switchyard_client_links_lost_total").increment(1);
-                            self.common.emit(Event::Disconnected {
-                                reason: reason.clone(),
-                            });
-                            self.fail(&gw.id, &reason, true);
-                            delay = Some(uniform(self.effective().reconnect_spread, &mut self.rng));
-                        }
-                        End::GoAway(reason) => {
-                            self.common.emit(Event::Disconnected { reason });
-                        }
-                        End::NetworkChanged => {
-                            self.common.emit(Event::Disconnected {
-                                reason: "network changed".into(),
-                            });
-                            self.failures.clear();
-                        }
-                    }
-                }
-                Attempted::Terminal(reason) => {
-                    self.common.emit(Event::GaveUp {
-                        reason: reason.clone(),
-                    });
-                    return self.finish(Error::GaveUp(reason), None);
-                }
-                Attempted::Exhausted(failed) => {
-                    let last = failed.last().map_or_else(
-                        || "no gateway to try".to_owned(),
-                        |(g, r)| format!("{}: {r}", g.id),
-                    );
-                    for (g, r) in &failed {
-                        // A refusal is not a network fault: avoid it, but do not report it.
-                        self.fail(&g.id, r, !r.starts_with("rejected"));
-                    }
-                    let eff = self.effective();
-                    let over_attempts = eff.max_attempts.is_some_and(|m| attempt >= m);
-                    let over_time = self.cfg.max_elapsed.is_some_and(|m| since.elapsed() >= m);
-                    if over_attempts || over_time {
-                        let reason = format!(
-                            "{attempt} attempts failed in {:?}; last: {last}",
-                            since.elapsed()
-                        );
-                        self.common.emit(Event::GaveUp {
-                            reason: reason.clone(),
-                        });
-                        return self.finish(Error::GaveUp(reason), None);
-                    }
-                    delay = Some(eff.backoff.delay(attempt, &mut self.rng));
-                }
-                Attempted::Interrupted(End::Closed(reply)) => {
-                    return self.finish(Error::Closed, reply);
-                }
-                Attempted::Interrupted(_) => {
-                    // Network changed mid-attempt: fresh start at once.
-                    attempt = 0;
-                    since = Instant::now();
-                    self.failures.clear();
-                }
-            }
-        }
-    }
-
-    fn fail(&mut self, id: &str, reason: &str, report: bool) {
-        let now = Instant::now();
-        let at = if report {
-            unix_ms(SystemTime::now())
-        } else {
-            0
-        };
-        self.failures
-            .record(id, reason, now, at, self.cfg.exclude_for);
-    }
-
-    /// Handles commands while waiting `d`.
-    async fn pause(&mut self, d: Duration) -> Pause {
-        let until = Instant::now() + d;
-        loop {
-            tokio::select! {
-                _ = sleep_until(until) => return Pause::Elapsed,
-                cmd = self.commands.recv() => {
-                    if let Some(end) = self.between_links(cmd) {
-                        return Pause::Interrupted(end);
-                    }
-                }
-            }
-        }
-    }
-
-    /// A command while no link is up: sends are queued for the next link.
-    fn between_links(&mut self, cmd: Option<Command>) -> Option<End> {
-        match cmd {
-            Some(Command::Send { payload, done, seq }) => {
-                let _ = seq.send(self.outbox.push(payload, done));
-                self.common.stats.lock().queued += 1;
-                None
-            }
-            Some(Command::NetworkChanged(n)) => {
-                if let Some(n) = n {
-                    self.network = n;
-                }
-                self.failures.clear();
-                Some(End::NetworkChanged)
-            }
-            Some(Command::Close(reply)) => Some(End::Closed(Some(reply))),
-            None => Some(End::Closed(None)),
-        }
-    }
-
-    /// Router, else valid cache, else bootstrap.
-    async fn candidates(&mut self) -> Vec<Gateway> {
-        let now = Instant::now();
-        self.failures.expire(now);
-        let exclude = self.failures.excluded(now);
-        if let Some(routers) = &mut self.routers {
-            let req = v1::RouteRequest {
-                client_id: self.cfg.client_id.clone(),
-                region: self.cfg.region.clone(),
-                zone: self.cfg.zone.clone(),
-                protocol: self.cfg.protocol.name().into(),
-                network: self.network.clone(),
-                limit: self.cfg.route_limit,
-                exclude: exclude.clone(),
-                failures: self.failures.report(now),
-                explain: false,
-                dry_run: false,
-            };
-            match routers.route(&req).await {
-                Ok(resp) if !resp.gateways.is_empty() => {
-                    let cached = CachedList::from_answer(
-                        &resp,
-                        unix_ms(SystemTime::now()),
-                        self.cfg.cache_max_age,
-                    );
-                    self.router_policy = cached.policy;
-                    if let Some(path) = &self.cfg.cache_file
-                        && let Err(e) = cached.save(path)
-                    {
-                        tracing::warn!(path = %path.display(), error = %e, "cannot write gateway cache");
-                    }
-                    let list = cached.gateways.clone();
-                    self.cache = Some(cached);
-                    return self.chose(list, RouteSource::Router);
-                }
-                Ok(_) => tracing::warn!("router answered with no gateway"),
-                Err(e) => tracing::warn!(error = %e, "routing failed; falling back"),
-            }
-        }
-        if let Some(c) = &self.cache
-            && c.is_valid(unix_ms(SystemTime::now()))
-        {
-            let list = order_fallback(&c.gateways, &exclude);
-            return self.chose(list, RouteSource::Cache);
-        }
-        let list = order_fallback(&self.cfg.bootstrap, &exclude);
-        self.chose(list, RouteSource::Bootstrap)
-    }
-
-    fn chose(&self, list: Vec<Gateway>, source: RouteSource) -> Vec<Gateway> {
-        tracing::debug!(
-            source = source.name(),
-            candidates = list.len(),
-            "candidate list"
-        );
-        metrics::counter!("switchyard_client_routes_total", "source" => source.name()).increment(1);
-        *self.common.route_source.lock() = Some(source);
-        list
-    }
-
-    /// Token, then the staggered race; commands are served meanwhile.
-    async fn attempt(&mut self, list: &[Gateway]) -> Attempted {
-        let token_fut = (self.cfg.token)();
-        let token = tokio::select! {
-            t = token_fut => t,
-            cmd = self.commands.recv() => match self.between_links(cmd) {
-                Some(end) => return Attempted::Interrupted(end),
-                None => Box::pin((self.cfg.token)()).await,
-            },
-        };
-        let token = match token {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!(error = %e, "token provider failed");
-                return Attempted::Exhausted(vec![]);
-            }
-        };
-        let hello = v1::Hello {
-            client_id: self.cfg.client_id.clone(),
-            token,
-            session_id: self.session_id.clone(),
-            client_version: env!("CARGO_PKG_VERSION").into(),
-        };
-        let settings = RaceSettings {
-            delay: self.cfg.race_delay,
-            max_in_flight: self.cfg.race_max_in_flight,
-        };
-        let dialer = self.dialer.clone();
-        let limit = self.cfg.connect_timeout;
-        let race_fut = race(list.len(), settings, |i| {
-            let address = list[i].address.clone();
-            let hello = hello.clone();
-            let dialer = dialer.clone();
-            async move {
-                match timeout(limit, handshake(&dialer, &address, hello)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(AttemptError::Next(format!("no WELCOME within {limit:?}"))),
-                }
-            }
-        });
-        tokio::pin!(race_fut);
-        loop {
-            tokio::select! {
-                out = &mut race_fut => {
-                    return match out {
-                        Outcome::Won { index, value: (tx, rx, welcome), failures } => {
-                            for (i, r) in failures {
-                                self.fail(&list[i].id, &r, !r.starts_with("rejected"));
-                            }
-                            Attempted::Won(tx, rx, welcome, list[index].clone())
-                        }
-                        Outcome::Terminal { reason } => Attempted::Terminal(reason),
-                        Outcome::Exhausted { failures } => Attempted::Exhausted(
-                            failures.into_iter().map(|(i, r)| (list[i].clone(), r)).collect(),
-                        ),
-                    };
-                }
-                cmd = self.commands.recv() => {
-                    if let Some(end) = self.between_links(cmd) {
-                        return Attempted::Interrupted(end);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Runs one established link until it ends.
-    async fn session(
-        &mut self,
-        mut tx: LinkTx,
-        mut rx: LinkRx,
-        gw: &Gateway,
-        welcome: &v1::Welcome,
-    ) -> End {
-        self.session_id = welcome.session_id.clone();
-        let eff = self.effective();
-        // Precedence: local setting, router policy, the gateway's WELCOME, the default.
-        let told = self
-            .cfg
-            .overrides
-            .heartbeat_interval
-            .or(self.router_policy.heartbeat_interval);
-        let mut interval = match (self.common.adaptive.lock().as_ref(), told) {
-            (Some(a), _) => a.interval(&self.network),
-            (None, Some(i)) => i,
-            (None, None) if welcome.heartbeat_interval_ms > 0 => {
-                Duration::from_millis(welcome.heartbeat_interval_ms)
-            }
-            (None, None) => eff.heartbeat_interval,
-        };
-        if welcome.idle_timeout_ms > 0 {
-            // The gateway reaps links silent for its idle timeout: PING well before that.
-            let idle = Duration::from_millis(welcome.idle_timeout_ms);
-            interval = interval.min(idle * 2 / 3);
-        }
-        let hb_timeout = eff.heartbeat_timeout;
-        let mut hb = Heartbeat::new(Instant::now(), interval, hb_timeout);
-        let max_frame = self.cfg.max_frame;
-        // Everything unacknowledged goes out again first, in order (at-least-once).
-        self.outbox.relink();
-        let unsent = self.outbox.take_unsent();
-        let resends: Vec<u64> = unsent
-            .iter()
-            .map(|(seq, _)| *seq)
-            .filter(|seq| *seq <= self.written_high)
-            .collect();
-        if let Some(first) = resends.first() {
-            let mut st = self.common.stats.lock();
-            st.resent += resends.len() as u64;
-            st.last_resend_from = *first;
-            metrics::counter!("switchyard_client_resent_total").increment(resends.len() as u64);
-        }
-        for (seq, payload) in unsent {
-            if let Err(e) = write(&mut tx, Frame::Data { seq, payload }, hb_timeout).await {
-                return End::Lost(e);
-            }
-            self.written_high = self.written_high.max(seq);
-            hb.on_send(Instant::now());
-        }
-        let mut recv_high = 0u64;
-        let mut goaway: Option<(Instant, String)> = None;
-        loop {
-            let (deadline, due) = hb.next();
-            let goaway_at = goaway.as_ref().map(|(t, _)| *t);
-            tokio::select! {
-                frame = rx.recv(max_frame) => {
-                    let now = Instant::now();
-                    let probing = hb.probing();
-                    let frame = match frame {
-                        None => return End::Lost("closed by gateway".into()),
-                        Some(Err(e)) => return End::Lost(format!("read: {e}")),
-                        Some(Ok(f)) => f,
-                    };
-                    hb.on_receive(now);
-                    if probing && let Some(a) = self.common.adaptive.lock().as_mut() {
-                        a.on_success(&self.network);
-                    }
-                    match frame {
-                        Frame::Data { seq, payload } => {
-                            // A dropped `Messages` only means the app stopped listening.
-                            let _ = self.inbound.send(payload).await;
-                            if seq != 0 {
-                                recv_high = recv_high.max(seq);
-                                if let Err(e) = write(&mut tx, Frame::Ack(recv_high), hb_timeout).await {
-                                    return End::Lost(e);
-                                }
-                                hb.on_send(Instant::now());
-                            }
-                        }
-                        Frame::Ack(n) => {
-                            let released = self.outbox.ack(n);
-                            let count = released.len();
-                            self.common.stats.lock().acked += count as u64;
-                            for done in released {
-                                let _ = done.send(Ok(()));
-                            }
-                            self.common.room.add_permits(count);
-                        }
-                        Frame::Ping(p) => {
-                            if let Err(e) = write(&mut tx, Frame::Pong(p), hb_timeout).await {
-                                return End::Lost(e);
-                            }
-                            hb.on_send(Instant::now());
-                        }
-                        Frame::Pong(_) => {}
-                        Frame::Kick(k) => return End::Kicked(k),
-                        Frame::GoAway(g) => {
-                            if goaway.is_none() {
-                                let window = Duration::from_millis(g.reconnect_within_ms);
-                                let at = now + uniform(window, &mut self.rng);
-                                tracing::info!(gateway = %gw.id, reason = %g.reason, in_ms = (at - now).as_millis() as u64, "GOAWAY: moving");
-                                // Exclude the draining gateway, but do not report it as failed.
-                                self.fail(&gw.id, "goaway", false);
-                                goaway = Some((at, format!("goaway: {}", g.reason)));
-                            }
-                        }
-                        Frame::Reject(r) => {
-                            return End::Lost(format!("REJECT after WELCOME: {}", r.reason));
-                        }
-                        Frame::Hello(_) | Frame::Welcome(_) => {
-                            return End::Lost("unexpected HELLO/WELCOME on an open link".into());
-                        }
-                    }
-                }
-                cmd = self.commands.recv() => match cmd {
-                    Some(Command::Send { payload, done, seq }) => {
-                        let _ = seq.send(self.outbox.push(payload, done));
-                        self.common.stats.lock().queued += 1;
-                        for (seq, payload) in self.outbox.take_unsent() {
-                            if let Err(e) = write(&mut tx, Frame::Data { seq, payload }, hb_timeout).await {
-                                return End::Lost(e);
-                            }
-                            self.written_high = self.written_high.max(seq);
-                            hb.on_send(Instant::now());
-                        }
-                    }
-                    Some(Command::NetworkChanged(n)) => {
-                        if let Some(n) = n {
-                            self.network = n;
-                        }
-                        let _ = timeout(hb_timeout, tx.close()).await;
-                        return End::NetworkChanged;
-                    }
-                    Some(Command::Close(reply)) => {
-                        let _ = timeout(hb_timeout, tx.close()).await;
-                        return End::Closed(Some(reply));
-                    }
-                    None => {
-                        let _ = timeout(hb_timeout, tx.close()).await;
-                        return End::Closed(None);
-                    }
-                },
-                _ = sleep_until(deadline) => match due {
-                    Due::Ping => {
-                        if let Err(e) = write(&mut tx, Frame::Ping(Bytes::new()), hb_timeout).await {
-                            return End::Lost(e);
-                        }
-                        hb.on_ping(Instant::now());
-                    }
-                    Due::Dead => {
-                        metrics::counter!("switchyard_client_heartbeat_timeouts_total").increment(1);
-                        if let Some(a) = self.common.adaptive.lock().as_mut() {
-                            a.on_failure(&self.network);
-                        }
-                        return End::Lost(format!(
-                            "heartbeat timeout (interval {:?}, timeout {:?})",
-                            hb.interval(),
-                            hb_timeout
-                        ));
-                    }
-                },
-                _ = sleep_until(goaway_at.unwrap_or(deadline)), if goaway_at.is_some() => {
-                    let _ = timeout(hb_timeout, tx.close()).await;
-                    let reason = goaway.take().map(|(_, r)| r).unwrap_or_default();
-                    return End::GoAway(reason);
-                }
-            }
-        }
-    }
-
-    /// Ends the client: every unacknowledged or still queued payload is handed back.
-    fn finish(mut self, why: Error, reply: Option<oneshot::Sender<Vec<Bytes>>>) {
-        self.common.room.close();
-        let mut failed = Vec::new();
-        for (payload, done) in self.outbox.drain() {
-            failed.push(payload.clone());
-            let _ = done.send(Err(Undelivered {
-                payload,
-                reason: why.clone(),
-            }));
-        }
-        self.commands.close();
-        let mut late_closers = Vec::new();
-        while let Ok(cmd) = self.commands.try_recv() {
-            match cmd {
-                Command::Send { payload, done, seq } => {
-                    let _ = seq.send(0);
-                    self.common.stats.lock().queued += 1;
-                    failed.push(payload.clone());
-                    let _ = done.send(Err(Undelivered {
-                        payload,
-                        reason: why.clone(),
-                    }));
-                }
-                Command::Close(r) => late_closers.push(r),
-                Command::NetworkChanged(_) => {}
-            }
-        }
-        self.common.stats.lock().handed_back += failed.len() as u64;
-        self.common.status.send_replace(Status::Ended(why));
-        if let Some(r) = reply {
-            let _ = r.send(failed);
-        }
-        for r in late_closers {
-            let _ = r.send(Vec::new());
-        }
-    }
-}
-
-/// Writes one frame; a write that cannot finish within `limit` means a dead link (a frozen
-/// peer stops reading and the socket buffer fills).
-async fn write(tx: &mut LinkTx, frame: Frame, limit: Duration) -> Result<(), String> {
-    match timeout(limit, tx.send(frame)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(format!("write: {e}")),
-        Err(_) => Err(format!("write blocked for {limit:?}")),
-    }
-}
-
-/// Dial, HELLO, and wait for WELCOME or REJECT.
-async fn handshake(
-    dialer: &Dialer,
-    address: &str,
-    hello: v1::Hello,
-) -> Result<(LinkTx, LinkRx, v1::Welcome), AttemptError> {
-    let next = |e: String| AttemptError::Next(e);
-    let (mut tx, mut rx) = dialer
-        .dial(address)
-        .await
-        .map_err(|e| next(format!("connect {address}: {e}")))?;
-    tx.send(Frame::Hello(hello))
-        .await
-        .map_err(|e| next(format!("HELLO to {address}: {e}")))?;
-    match rx.recv(dialer.max_frame).await {
-        Some(Ok(Frame::Welcome(w))) => Ok((tx, rx, w)),
-        Some(Ok(Frame::Reject(r))) => {
-            let code = v1::RejectCode::try_from(r.code).unwrap_or_default();
-            match code {
-                v1::RejectCode::Auth | v1::RejectCode::BadHello => {
-                    Err(AttemptError::Terminal(format!(
-                        "{} rejected the login ({}): {}",
-                        address,
-                        code.as_str_name(),
-                        r.reason
-                    )))
-                }
-                _ => Err(next(format!(
-                    "rejected ({}): {}",
-                    code.as_str_name(),
-                    r.reason
-                ))),
-            }
-        }
-        Some(Ok(other)) => Err(next(format!(
-            "expected WELCOME from {address}, got {}",
-            other.kind().name()
-        ))),
-        Some(Err(e)) => Err(next(format!("read from {address}: {e}"))),
-        None => Err(next(format!("{address} closed before WELCOME"))),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn events_print_as_name_and_details() {
-        let lines: Vec<String> = [
-            Event::Connecting,
-            Event::Connected {
-                gateway: "gw-1".into(),
-                attempt: 2,
-            },
-            Event::Reconnecting {
-                attempt: 3,
-                delay: Duration::from_millis(1500),
-            },
-            Event::Kicked {
-                code: v1::KickCode::LoggedInElsewhere,
-                reason: "other device".into(),
-            },
-            Event::GaveUp {
-                reason: "3 attempts".into(),
-            },
-        ]
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-        assert_eq!(
-            lines,
-            [
-                "connecting",
-                "connected gateway=gw-1 attempt=2",
-                "reconnecting attempt=3 delay=1500ms",
-                "kicked code=KICK_CODE_LOGGED_IN_ELSEWHERE reason=\"other device\"",
-                "gave_up reason=\"3 attempts\"",
-            ]
-        );
+            .map(|a| a.learned(network))
     }
 }

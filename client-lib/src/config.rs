@@ -3,13 +3,15 @@
 use std::fmt;
 use std::future::Future;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use switchyard_proto::backoff::Backoff;
+use switchyard_proto::limits;
+
 use crate::heartbeat::AdaptiveSettings;
 use crate::routing::{Gateway, RouterPolicy};
-use switchyard_proto::backoff::Backoff;
+use crate::token::{TokenProvider, TokenSource};
 
 /// How the client talks to gateways.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -81,7 +83,12 @@ pub fn tls_from_pem_file(
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
     let path = path.as_ref();
-    let bad = |e: &dyn fmt::Display| ConfigError(format!("TLS roots {}: {e}", path.display()));
+    let bad = |e: &dyn fmt::Display| {
+        ConfigError::from(Problem::Tls {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })
+    };
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(&e))? {
         roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
@@ -92,22 +99,75 @@ pub fn tls_from_pem_file(
     Ok(tls_with_roots(roots))
 }
 
-/// What the token provider returns.
-pub type TokenFuture = Pin<Box<dyn Future<Output = Result<String, String>> + Send>>;
-
-/// Called before every HELLO (first login and every reconnect): the business-level re-login
-/// after a technical reconnect, so an expired token is refreshed instead of replayed.
-pub type TokenProvider = Arc<dyn Fn() -> TokenFuture + Send + Sync>;
-
-/// Why a configuration was refused.
+/// One problem with a client configuration.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid client config: {0}")]
-pub struct ConfigError(pub String);
+#[non_exhaustive]
+pub enum Problem {
+    /// `client_id` is empty or longer than [`limits::MAX_CLIENT_ID`].
+    #[error("client_id must be 1-{max} bytes, got {0}", max = limits::MAX_CLIENT_ID)]
+    ClientIdLength(usize),
+    /// Neither a router endpoint nor a bootstrap gateway: nowhere to go.
+    #[error("need at least one router endpoint or bootstrap gateway")]
+    NowhereToConnect,
+    /// A router endpoint that is not an `http://` or `https://` URL.
+    #[error("router endpoint {0:?} must be an http:// or https:// URL")]
+    RouterUrl(String),
+    /// A bootstrap gateway without id or address.
+    #[error("bootstrap gateway {0:?} needs an id and an address")]
+    Bootstrap(String),
+    /// A setting that must be above zero.
+    #[error("{0} must be > 0")]
+    Zero(&'static str),
+    /// A setting outside its range.
+    #[error("{setting} must be {range}, got {got}")]
+    OutOfRange {
+        /// Builder method.
+        setting: &'static str,
+        /// Allowed values.
+        range: &'static str,
+        /// The value given.
+        got: String,
+    },
+    /// Two settings that exclude each other.
+    #[error("{0} and {1} exclude each other")]
+    Conflict(&'static str, &'static str),
+    /// A TLS file that is unreadable or holds no certificate.
+    #[error("TLS roots {path}: {reason}")]
+    Tls {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Why a configuration was refused: every problem found, not just the first.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid client config: {}", list(.problems))]
+pub struct ConfigError {
+    /// What is wrong, in the order the settings were checked.
+    pub problems: Vec<Problem>,
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl From<Problem> for ConfigError {
+    fn from(p: Problem) -> Self {
+        Self { problems: vec![p] }
+    }
+}
 
 /// Validated client settings (build with [`crate::Client::builder`]).
 #[derive(Clone)]
-pub struct Config {
-    /// Router gRPC endpoints (`http://host:port`); asked in turn, last good one first.
+pub(crate) struct Config {
+    /// Router gRPC endpoints (`http://host:port`); the first asked is the one that answered
+    /// last (remembered in the cache file), else a random one.
     pub(crate) routers: Vec<String>,
     /// Sticky routing key and HELLO identity.
     pub(crate) client_id: String,
@@ -143,6 +203,8 @@ pub struct Config {
     pub(crate) exclude_for: Duration,
     /// Local settings; they override what the router says.
     pub(crate) overrides: RouterPolicy,
+    /// `connect()` gives up when no gateway accepted within this.
+    pub(crate) login_timeout: Duration,
     /// Give up when reconnecting took longer than this (`None`: no time limit).
     pub(crate) max_elapsed: Option<Duration>,
     /// Kernel keepalive (`None`: off).
@@ -153,9 +215,10 @@ pub struct Config {
     pub(crate) max_unacked: usize,
     /// How long `send()` waits for a link and room in the queue.
     pub(crate) send_timeout: Duration,
-    /// Largest frame accepted from a gateway.
+    /// Largest frame, both ways: what a gateway may send us, and what `send()` accepts
+    /// (less the DATA header).
     pub(crate) max_frame: usize,
-    /// Received messages buffered before the client stops reading the link.
+    /// Received messages buffered for the app before the client stops reading the link.
     pub(crate) inbound_buffer: usize,
 }
 
@@ -185,16 +248,18 @@ pub mod defaults {
     pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
     /// Random wait before the first reconnect after a loss.
     pub const RECONNECT_SPREAD: Duration = Duration::from_secs(1);
+    /// `connect()` gives up after this: a login screen shows its retry button instead of
+    /// spinning for minutes. Two rounds of three staggered 10 s attempts fit in it.
+    pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(20);
     /// Give up after reconnecting for this long.
     pub const MAX_ELAPSED: Duration = Duration::from_secs(300);
 }
 
 /// The settings in force once local overrides, the router's policy and the defaults are
-/// merged (in that order of precedence).
+/// merged (in that order of precedence). The heartbeat interval also depends on the
+/// gateway's WELCOME, so it is resolved per link by [`heartbeat_interval`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Effective {
-    /// Idle time before a PING.
-    pub(crate) heartbeat_interval: Duration,
     /// How long a PING may stay unanswered.
     pub(crate) heartbeat_timeout: Duration,
     /// Reconnect delays.
@@ -206,26 +271,25 @@ pub(crate) struct Effective {
 }
 
 impl Effective {
+    /// `router` must already be clamped to the policy floors (see [`RouterPolicy::from`]).
     pub(crate) fn merge(local: &RouterPolicy, router: &RouterPolicy) -> Self {
-        let heartbeat_interval = local
-            .heartbeat_interval
-            .or(router.heartbeat_interval)
-            .unwrap_or(defaults::HEARTBEAT_INTERVAL);
+        let base = local
+            .backoff_base
+            .or(router.backoff_base)
+            .unwrap_or(defaults::BACKOFF_BASE);
         Self {
-            heartbeat_interval,
             heartbeat_timeout: local
                 .heartbeat_timeout
                 .or(router.heartbeat_timeout)
                 .unwrap_or(defaults::HEARTBEAT_TIMEOUT),
             backoff: Backoff {
-                base: local
-                    .backoff_base
-                    .or(router.backoff_base)
-                    .unwrap_or(defaults::BACKOFF_BASE),
+                base,
+                // A local base above the router's cap must not invert the range.
                 cap: local
                     .backoff_cap
                     .or(router.backoff_cap)
-                    .unwrap_or(defaults::BACKOFF_CAP),
+                    .unwrap_or(defaults::BACKOFF_CAP)
+                    .max(base),
             },
             max_attempts: local.max_attempts.or(router.max_attempts),
             reconnect_spread: local
@@ -233,6 +297,40 @@ impl Effective {
                 .or(router.reconnect_spread)
                 .unwrap_or(defaults::RECONNECT_SPREAD),
         }
+    }
+}
+
+/// Where a link's heartbeat interval can come from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct HeartbeatSources {
+    /// The app's own setting: a fixed `heartbeat_interval` or what the adaptive heartbeat
+    /// learned (the builder refuses both at once).
+    pub(crate) local: Option<Duration>,
+    /// The router's policy.
+    pub(crate) router: Option<Duration>,
+    /// The gateway's WELCOME (`heartbeat_interval_ms`, 0 = not said).
+    pub(crate) welcome: Option<Duration>,
+    /// The gateway's idle timeout from WELCOME: it reaps links silent that long.
+    pub(crate) idle_timeout: Option<Duration>,
+}
+
+/// The highest interval a link may use: well under the gateway's idle timeout, so the
+/// server never reaps a healthy idle client.
+pub(crate) fn heartbeat_ceiling(idle_timeout: Option<Duration>) -> Option<Duration> {
+    idle_timeout.map(|idle| idle * 2 / 3)
+}
+
+/// The one place the heartbeat precedence is decided: local (fixed or learned) > router >
+/// WELCOME > default, then capped by [`heartbeat_ceiling`].
+pub(crate) fn heartbeat_interval(s: HeartbeatSources) -> Duration {
+    let chosen = s
+        .local
+        .or(s.router)
+        .or(s.welcome)
+        .unwrap_or(defaults::HEARTBEAT_INTERVAL);
+    match heartbeat_ceiling(s.idle_timeout) {
+        Some(ceiling) => chosen.min(ceiling),
+        None => chosen,
     }
 }
 
@@ -247,13 +345,13 @@ impl Effective {
 /// let client = Client::builder()
 ///     .routers(["http://10.0.0.1:7100", "http://10.0.0.2:7100"])
 ///     .client_id("user-42")
-///     .token_provider(|| async { Ok::<_, String>("token-from-login-service".into()) })
+///     .token_provider(|| async { Ok::<_, std::io::Error>("token-from-login-service".into()) })
 ///     .region("cn-east")
 ///     .bootstrap([Gateway::new("gw-1", "10.0.1.1:7200")])
 ///     .cache_file("/var/lib/app/gateways.json")
 ///     .heartbeat_interval(Duration::from_secs(45))
 ///     .build()?;
-/// let mut events = client.events();
+/// let events = client.events();
 /// let messages = client.connect().await?;
 /// # drop((events, messages)); Ok(()) }
 /// ```
@@ -261,8 +359,6 @@ impl Effective {
 pub struct Builder {
     /// Settings collected so far (validated in `build`).
     config: Config,
-    /// Problems found while collecting (reported by `build`).
-    errors: Vec<String>,
 }
 
 impl Default for Builder {
@@ -278,7 +374,7 @@ impl Builder {
             config: Config {
                 routers: Vec::new(),
                 client_id: String::new(),
-                token: Arc::new(|| Box::pin(async { Ok(String::new()) })),
+                token: TokenProvider::fixed(String::new()),
                 region: String::new(),
                 zone: String::new(),
                 network: String::new(),
@@ -288,21 +384,21 @@ impl Builder {
                 cache_file: None,
                 cache_max_age: None,
                 route_timeout: Duration::from_secs(2),
-                route_limit: 3,
+                route_limit: limits::DEFAULT_ROUTE_LIMIT,
                 race_delay: Duration::from_millis(250),
                 race_max_in_flight: 3,
                 connect_timeout: Duration::from_secs(10),
                 exclude_for: Duration::from_secs(30),
                 overrides: RouterPolicy::default(),
+                login_timeout: defaults::LOGIN_TIMEOUT,
                 max_elapsed: Some(defaults::MAX_ELAPSED),
                 keepalive: Some(Keepalive::default()),
                 adaptive: None,
                 max_unacked: 1024,
                 send_timeout: Duration::from_secs(10),
-                max_frame: switchyard_proto::wire::DEFAULT_MAX_FRAME,
+                max_frame: limits::DEFAULT_MAX_FRAME,
                 inbound_buffer: 1024,
             },
-            errors: Vec::new(),
         }
     }
 
@@ -324,25 +420,36 @@ impl Builder {
 
     /// A fixed token for every HELLO.
     pub fn token(mut self, token: impl Into<String>) -> Self {
-        let token: String = token.into();
-        self.config.token = Arc::new(move || {
-            let t = token.clone();
-            Box::pin(async move { Ok(t) })
-        });
+        self.config.token = TokenProvider::fixed(token.into());
         self
     }
 
-    /// An async token source called before every HELLO; an error counts as a failed attempt.
+    /// An async closure called before every HELLO (first login and every reconnect, never
+    /// when there is no gateway to try); an error counts as a failed round.
+    ///
+    /// ```no_run
+    /// # fn demo() -> Result<(), switchyard_client::ConfigError> {
+    /// let client = switchyard_client::Client::builder()
+    ///     .client_id("user-42")
+    ///     .routers(["http://127.0.0.1:7100"])
+    ///     .token_provider(|| async { Ok::<_, std::io::Error>("fresh-token".to_owned()) })
+    ///     .build()?;
+    /// # drop(client); Ok(()) }
+    /// ```
     pub fn token_provider<F, Fut, E>(mut self, f: F) -> Self
     where
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<String, E>> + Send + 'static,
         E: fmt::Display,
     {
-        self.config.token = Arc::new(move || {
-            let fut = f();
-            Box::pin(async move { fut.await.map_err(|e| e.to_string()) })
-        });
+        self.config.token = TokenProvider::closure(f);
+        self
+    }
+
+    /// A token source the client borrows for every HELLO: implement [`TokenSource`] on your
+    /// login service (no cloning into closures).
+    pub fn token_source(mut self, source: impl TokenSource) -> Self {
+        self.config.token = TokenProvider::source(source);
         self
     }
 
@@ -389,7 +496,8 @@ impl Builder {
         self
     }
 
-    /// File keeping the last good router answer across restarts.
+    /// File keeping the last good router answer (and the router that gave it) across
+    /// restarts.
     pub fn cache_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.config.cache_file = Some(path.into());
         self
@@ -432,7 +540,7 @@ impl Builder {
         self
     }
 
-    /// Heartbeat interval, overriding the router's policy.
+    /// Heartbeat interval, overriding the router's policy and the gateway's WELCOME.
     pub fn heartbeat_interval(mut self, d: Duration) -> Self {
         self.config.overrides.heartbeat_interval = Some(d);
         self
@@ -457,9 +565,16 @@ impl Builder {
         self
     }
 
-    /// Give up after this many consecutive failed attempts, overriding the router's policy.
+    /// Give up after this many consecutive failed rounds, overriding the router's policy.
     pub fn max_attempts(mut self, n: u32) -> Self {
         self.config.overrides.max_attempts = Some(n);
+        self
+    }
+
+    /// `connect()` gives up with [`crate::GaveUp::LoginDeadline`] when no gateway accepted
+    /// within this (default 20 s).
+    pub fn login_timeout(mut self, d: Duration) -> Self {
+        self.config.login_timeout = d;
         self
     }
 
@@ -475,7 +590,7 @@ impl Builder {
         self
     }
 
-    /// Turns the adaptive heartbeat on.
+    /// Turns the adaptive heartbeat on (instead of a fixed `heartbeat_interval`).
     pub fn adaptive_heartbeat(mut self, s: AdaptiveSettings) -> Self {
         self.config.adaptive = Some(s);
         self
@@ -493,90 +608,121 @@ impl Builder {
         self
     }
 
-    /// Largest frame accepted from a gateway (default 64 KiB).
+    /// Largest frame both ways (default 64 KiB, the reference gateway's default): larger
+    /// frames from a gateway close the link; `send()` refuses larger payloads.
     pub fn max_frame(mut self, n: usize) -> Self {
         self.config.max_frame = n;
         self
     }
 
+    /// Received messages buffered for the app (default 1024). When the app does not read
+    /// and the buffer is full, the client stops reading the link and acknowledging (see
+    /// [`crate::Event::InboundFull`]).
+    pub fn inbound_buffer(mut self, n: usize) -> Self {
+        self.config.inbound_buffer = n;
+        self
+    }
+
     /// Validates and builds the client (nothing runs until [`crate::Client::connect`]).
-    pub fn build(mut self) -> Result<crate::Client, ConfigError> {
-        let c = &self.config;
-        let mut err = std::mem::take(&mut self.errors);
-        if c.client_id.is_empty() || c.client_id.len() > 256 {
-            err.push("client_id must be 1-256 bytes".into());
+    pub fn build(self) -> Result<crate::Client, ConfigError> {
+        let problems = self.config.problems();
+        if !problems.is_empty() {
+            return Err(ConfigError { problems });
+        }
+        Ok(crate::Client::new(self.config))
+    }
+}
+
+impl Config {
+    /// Every problem, in the order the settings are documented.
+    fn problems(&self) -> Vec<Problem> {
+        let c = self;
+        let mut err = Vec::new();
+        let range = |setting, range, got: &dyn fmt::Debug| Problem::OutOfRange {
+            setting,
+            range,
+            got: format!("{got:?}"),
+        };
+        if c.client_id.is_empty() || c.client_id.len() > limits::MAX_CLIENT_ID {
+            err.push(Problem::ClientIdLength(c.client_id.len()));
         }
         if c.routers.is_empty() && c.bootstrap.is_empty() {
-            err.push("need at least one router endpoint or bootstrap gateway".into());
+            err.push(Problem::NowhereToConnect);
         }
         for r in &c.routers {
             if !(r.starts_with("http://") || r.starts_with("https://")) {
-                err.push(format!(
-                    "router endpoint {r:?} must be an http:// or https:// URL"
-                ));
+                err.push(Problem::RouterUrl(r.clone()));
             }
         }
         for g in &c.bootstrap {
             if g.id.is_empty() || g.address.is_empty() {
-                err.push(format!(
-                    "bootstrap gateway {g:?} needs an id and an address"
-                ));
+                err.push(Problem::Bootstrap(format!("{g:?}")));
             }
         }
-        let positive = [
+        for (name, d) in [
             ("route_timeout", c.route_timeout),
             ("connect_timeout", c.connect_timeout),
             ("send_timeout", c.send_timeout),
-        ];
-        for (name, d) in positive {
+            ("login_timeout", c.login_timeout),
+        ] {
             if d.is_zero() {
-                err.push(format!("{name} must be > 0"));
+                err.push(Problem::Zero(name));
             }
         }
         let o = &c.overrides;
         for (name, d) in [
             ("heartbeat_interval", o.heartbeat_interval),
             ("heartbeat_timeout", o.heartbeat_timeout),
-            ("backoff_base", o.backoff_base),
+            ("backoff base", o.backoff_base),
         ] {
             if d.is_some_and(|d| d.is_zero()) {
-                err.push(format!("{name} must be > 0"));
+                err.push(Problem::Zero(name));
             }
         }
         if let (Some(b), Some(cap)) = (o.backoff_base, o.backoff_cap)
             && cap < b
         {
-            err.push("backoff cap must be >= base".into());
+            err.push(range("backoff cap", ">= base", &cap));
         }
         if o.max_attempts == Some(0) {
-            err.push("max_attempts must be >= 1".into());
+            err.push(Problem::Zero("max_attempts"));
         }
-        if !(1..=16).contains(&c.route_limit) {
-            err.push("route_limit must be 1-16".into());
+        if o.heartbeat_interval.is_some() && c.adaptive.is_some() {
+            err.push(Problem::Conflict(
+                "heartbeat_interval",
+                "adaptive_heartbeat",
+            ));
+        }
+        if !(1..=limits::MAX_ROUTE_LIMIT).contains(&c.route_limit) {
+            err.push(range("route_limit", "1-16", &c.route_limit));
         }
         if c.race_max_in_flight == 0 {
-            err.push("racing needs at least 1 attempt in flight".into());
+            err.push(Problem::Zero("racing max_in_flight"));
         }
-        if c.max_unacked == 0 || c.inbound_buffer == 0 {
-            err.push("queue sizes must be >= 1".into());
+        if c.max_unacked == 0 {
+            err.push(Problem::Zero("max_unacked"));
         }
-        if c.max_frame < 16 {
-            err.push("max_frame must be >= 16 bytes".into());
+        if c.inbound_buffer == 0 {
+            err.push(Problem::Zero("inbound_buffer"));
+        }
+        if c.max_frame < 1 + limits::MAX_PING_PAYLOAD || c.max_frame > u32::MAX as usize {
+            err.push(range("max_frame", "65 bytes to 4 GiB", &c.max_frame));
         }
         if let Some(a) = c.adaptive
             && (a.min.is_zero() || a.max < a.min || a.step.is_zero() || a.successes_per_step == 0)
         {
-            err.push("adaptive heartbeat needs 0 < min <= max, step > 0, successes >= 1".into());
+            err.push(range(
+                "adaptive_heartbeat",
+                "0 < min <= max, step > 0, successes >= 1",
+                &a,
+            ));
         }
         if let Some(k) = c.keepalive
             && (k.idle.is_zero() || k.interval.is_zero() || k.count == 0)
         {
-            err.push("keepalive idle, interval and count must be > 0".into());
+            err.push(range("keepalive", "idle, interval and count > 0", &k));
         }
-        if !err.is_empty() {
-            return Err(ConfigError(err.join("; ")));
-        }
-        Ok(crate::Client::new(self.config))
+        err
     }
 }
 
@@ -597,7 +743,6 @@ mod tests {
             ..Default::default()
         };
         let e = Effective::merge(&local, &router);
-        assert_eq!(e.heartbeat_interval, Duration::from_secs(5));
         assert_eq!(
             e.heartbeat_timeout,
             Duration::from_secs(4),
@@ -609,16 +754,51 @@ mod tests {
     }
 
     #[test]
+    fn heartbeat_precedence_is_local_router_welcome_default_under_the_idle_ceiling() {
+        let s =
+            |local: Option<u64>, router: Option<u64>, welcome: Option<u64>, idle: Option<u64>| {
+                heartbeat_interval(HeartbeatSources {
+                    local: local.map(Duration::from_secs),
+                    router: router.map(Duration::from_secs),
+                    welcome: welcome.map(Duration::from_secs),
+                    idle_timeout: idle.map(Duration::from_secs),
+                })
+            };
+        let secs = Duration::from_secs;
+        assert_eq!(s(Some(5), Some(20), Some(40), None), secs(5));
+        assert_eq!(s(None, Some(20), Some(40), None), secs(20));
+        assert_eq!(s(None, None, Some(40), None), secs(40));
+        assert_eq!(s(None, None, None, None), defaults::HEARTBEAT_INTERVAL);
+        // Whatever the source, a link never goes quieter than 2/3 of the gateway's idle timeout.
+        assert_eq!(s(Some(50), None, None, Some(30)), secs(20));
+        assert_eq!(s(None, None, None, Some(30)), secs(20));
+    }
+
+    #[test]
+    fn a_local_backoff_base_above_the_routers_cap_keeps_the_range_sane() {
+        let local = RouterPolicy {
+            backoff_base: Some(Duration::from_secs(60)),
+            ..Default::default()
+        };
+        let router = RouterPolicy {
+            backoff_cap: Some(Duration::from_secs(10)),
+            ..Default::default()
+        };
+        let e = Effective::merge(&local, &router);
+        assert_eq!(e.backoff.cap, Duration::from_secs(60));
+    }
+
+    #[test]
     fn tls_roots_from_pem_and_clear_errors() {
         let dir = tempfile::tempdir().unwrap();
         let missing = tls_from_pem_file(dir.path().join("none.pem")).unwrap_err();
-        assert!(missing.0.contains("none.pem"), "{missing}");
+        assert!(missing.to_string().contains("none.pem"), "{missing}");
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "not a certificate\n").unwrap();
         assert!(
             tls_from_pem_file(&empty)
                 .unwrap_err()
-                .0
+                .to_string()
                 .contains("no certificate")
         );
         let fixture = concat!(
@@ -635,18 +815,33 @@ mod tests {
             .heartbeat_interval(Duration::ZERO)
             .max_attempts(0)
             .build()
-            .unwrap_err()
-            .0;
-        for needle in ["client_id", "http://", "heartbeat_interval", "max_attempts"] {
-            assert!(err.contains(needle), "{needle} missing from {err}");
-        }
-        assert!(
+            .unwrap_err();
+        assert_eq!(
+            err.problems,
+            [
+                Problem::ClientIdLength(0),
+                Problem::RouterUrl("127.0.0.1:7100".into()),
+                Problem::Zero("heartbeat_interval"),
+                Problem::Zero("max_attempts"),
+            ]
+        );
+        assert_eq!(
+            Builder::new().client_id("u").build().unwrap_err().problems,
+            [Problem::NowhereToConnect]
+        );
+        assert_eq!(
             Builder::new()
                 .client_id("u")
+                .bootstrap([Gateway::new("g", "127.0.0.1:1")])
+                .heartbeat_interval(Duration::from_secs(5))
+                .adaptive_heartbeat(AdaptiveSettings::default())
                 .build()
                 .unwrap_err()
-                .0
-                .contains("router endpoint or bootstrap")
+                .problems,
+            [Problem::Conflict(
+                "heartbeat_interval",
+                "adaptive_heartbeat"
+            )]
         );
         assert!(
             Builder::new()

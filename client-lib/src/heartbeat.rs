@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 /// What the heartbeat clock asks for at its next deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Due {
+pub(crate) enum Due {
     /// The link has been write-idle for the interval: send a PING.
     Ping,
     /// Nothing came back in time: the link is dead.
@@ -26,7 +26,7 @@ pub enum Due {
 ///   our bytes) is dead after `interval + timeout` from the first unanswered frame, even
 ///   though it never went idle long enough to PING.
 #[derive(Debug, Clone)]
-pub struct Heartbeat {
+pub(crate) struct Heartbeat {
     /// Write-idle time before a PING.
     interval: Duration,
     /// How long a PING may stay unanswered.
@@ -37,50 +37,77 @@ pub struct Heartbeat {
     probe: Option<Instant>,
     /// First frame sent since the last frame received, if any: bounds detection on a busy link.
     unanswered_since: Option<Instant>,
+    /// False while the client does not read the link (the app's buffer is full): nothing can
+    /// be heard then, so only PINGs fall due (they keep the gateway from reaping the link).
+    listening: bool,
 }
 
 impl Heartbeat {
     /// A clock for a link that just became usable at `now`.
-    pub fn new(now: Instant, interval: Duration, timeout: Duration) -> Self {
+    pub(crate) fn new(now: Instant, interval: Duration, timeout: Duration) -> Self {
         Self {
             interval,
             timeout,
             last_send: now,
             probe: None,
             unanswered_since: None,
+            listening: true,
+        }
+    }
+
+    /// The client stopped reading the link: suspend the dead-link clock.
+    pub(crate) fn pause_listening(&mut self) {
+        self.listening = false;
+        self.probe = None;
+        self.unanswered_since = None;
+    }
+
+    /// Reading resumed at `now`: the link must prove itself alive again within
+    /// interval + timeout (what was sent meanwhile is waiting to be read).
+    pub(crate) fn resume_listening(&mut self, now: Instant) {
+        if !self.listening {
+            self.listening = true;
+            self.unanswered_since = Some(now);
         }
     }
 
     /// The configured interval.
-    pub fn interval(&self) -> Duration {
+    pub(crate) fn interval(&self) -> Duration {
         self.interval
     }
 
     /// True while a PING waits for an answer.
-    pub fn probing(&self) -> bool {
+    pub(crate) fn probing(&self) -> bool {
         self.probe.is_some()
     }
 
     /// A frame other than PING went out.
-    pub fn on_send(&mut self, now: Instant) {
+    pub(crate) fn on_send(&mut self, now: Instant) {
         self.last_send = now;
-        self.unanswered_since.get_or_insert(now);
+        if self.listening {
+            self.unanswered_since.get_or_insert(now);
+        }
     }
 
     /// A PING went out.
-    pub fn on_ping(&mut self, now: Instant) {
+    pub(crate) fn on_ping(&mut self, now: Instant) {
         self.last_send = now;
-        self.probe = Some(now);
+        if self.listening {
+            self.probe = Some(now);
+        }
     }
 
     /// Any frame arrived: the link is alive.
-    pub fn on_receive(&mut self, _now: Instant) {
+    pub(crate) fn on_receive(&mut self, _now: Instant) {
         self.probe = None;
         self.unanswered_since = None;
     }
 
     /// The next deadline and what is due then.
-    pub fn next(&self) -> (Instant, Due) {
+    pub(crate) fn next(&self) -> (Instant, Due) {
+        if !self.listening {
+            return (self.last_send + self.interval, Due::Ping);
+        }
         let mut next = match self.probe {
             Some(at) => (at + self.timeout, Due::Dead),
             None => (self.last_send + self.interval, Due::Ping),
@@ -95,7 +122,8 @@ impl Heartbeat {
     }
 
     /// What is due at `now`, if anything.
-    pub fn poll(&self, now: Instant) -> Option<Due> {
+    #[cfg(test)]
+    pub(crate) fn poll(&self, now: Instant) -> Option<Due> {
         let (at, due) = self.next();
         (now >= at).then_some(due)
     }
@@ -143,7 +171,7 @@ struct Learned {
 /// `successes_per_step` answered idle PINGs, and after a dead link step back one step and
 /// keep that value (a failure while already at `min` changes nothing).
 #[derive(Debug, Clone)]
-pub struct Adaptive {
+pub(crate) struct Adaptive {
     /// Bounds and step sizes.
     settings: AdaptiveSettings,
     /// Learned state per network key.
@@ -152,7 +180,7 @@ pub struct Adaptive {
 
 impl Adaptive {
     /// A learner with no history.
-    pub fn new(settings: AdaptiveSettings) -> Self {
+    pub(crate) fn new(settings: AdaptiveSettings) -> Self {
         Self {
             settings,
             learned: HashMap::new(),
@@ -168,29 +196,38 @@ impl Adaptive {
         })
     }
 
-    /// The interval to use on `network`.
-    pub fn interval(&self, network: &str) -> Duration {
+    /// What was learned for `network`.
+    pub(crate) fn learned(&self, network: &str) -> Duration {
         self.learned
             .get(network)
             .map_or(self.settings.min, |l| l.interval)
     }
 
-    /// A PING sent after a full idle interval was answered.
-    pub fn on_success(&mut self, network: &str) {
+    /// The interval to use on `network` on a link whose gateway allows at most `ceiling`.
+    pub(crate) fn interval(&self, network: &str, ceiling: Option<Duration>) -> Duration {
+        let learned = self.learned(network);
+        ceiling.map_or(learned, |c| learned.min(c))
+    }
+
+    /// A PING sent after a full idle interval was answered, on a link allowing at most
+    /// `ceiling`. Only the interval actually used is credited: learning never climbs past
+    /// what a link could use.
+    pub(crate) fn on_success(&mut self, network: &str, ceiling: Option<Duration>) {
         let s = self.settings;
+        let top = ceiling.map_or(s.max, |c| c.min(s.max));
         let l = self.entry(network);
-        if l.stable || l.interval >= s.max {
+        if l.stable || l.interval >= top {
             return;
         }
         l.successes += 1;
         if l.successes >= s.successes_per_step {
-            l.interval = (l.interval + s.step).min(s.max);
+            l.interval = (l.interval + s.step).min(top);
             l.successes = 0;
         }
     }
 
     /// A link on `network` died from a heartbeat timeout.
-    pub fn on_failure(&mut self, network: &str) {
+    pub(crate) fn on_failure(&mut self, network: &str) {
         let s = self.settings;
         let l = self.entry(network);
         l.successes = 0;
@@ -258,28 +295,72 @@ mod tests {
             successes_per_step: 2,
         };
         let mut a = Adaptive::new(s);
-        assert_eq!(a.interval("wifi"), Duration::from_secs(30));
+        assert_eq!(a.learned("wifi"), Duration::from_secs(30));
         for _ in 0..2 {
-            a.on_success("wifi");
+            a.on_success("wifi", None);
         }
-        assert_eq!(a.interval("wifi"), Duration::from_secs(60));
+        assert_eq!(a.learned("wifi"), Duration::from_secs(60));
         for _ in 0..2 {
-            a.on_success("wifi");
+            a.on_success("wifi", None);
         }
-        assert_eq!(a.interval("wifi"), Duration::from_secs(90));
+        assert_eq!(a.learned("wifi"), Duration::from_secs(90));
         a.on_failure("wifi");
-        assert_eq!(a.interval("wifi"), Duration::from_secs(60));
+        assert_eq!(a.learned("wifi"), Duration::from_secs(60));
         for _ in 0..10 {
-            a.on_success("wifi");
+            a.on_success("wifi", None);
         }
-        assert_eq!(a.interval("wifi"), Duration::from_secs(60), "stable");
+        assert_eq!(a.learned("wifi"), Duration::from_secs(60), "stable");
         // Other networks learn separately; the ceiling holds.
         for _ in 0..100 {
-            a.on_success("cell");
+            a.on_success("cell", None);
         }
-        assert_eq!(a.interval("cell"), Duration::from_secs(120));
+        assert_eq!(a.learned("cell"), Duration::from_secs(120));
         // A failure at the floor is not a reason to go lower.
         a.on_failure("x");
-        assert_eq!(a.interval("x"), Duration::from_secs(30));
+        assert_eq!(a.learned("x"), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn adaptive_never_credits_an_interval_the_link_could_not_use() {
+        // Defaults climb to 270 s; a gateway idle timeout of 90 s caps links at 60 s.
+        let mut a = Adaptive::new(AdaptiveSettings::default());
+        let ceiling = Some(Duration::from_secs(60));
+        for _ in 0..100 {
+            a.on_success("wifi", ceiling);
+        }
+        assert_eq!(a.learned("wifi"), Duration::from_secs(60));
+        assert_eq!(a.interval("wifi", ceiling), Duration::from_secs(60));
+        // Below the floor of learning, the ceiling wins and nothing is credited.
+        let low = Some(Duration::from_secs(20));
+        assert_eq!(a.interval("cell", low), Duration::from_secs(20));
+        a.on_success("cell", low);
+        assert_eq!(a.learned("cell"), Duration::from_secs(30));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_paused_reader_only_pings_and_must_hear_back_after_resuming() {
+        let t0 = Instant::now();
+        let mut hb = Heartbeat::new(t0, I, T);
+        hb.on_send(t0);
+        hb.pause_listening();
+        // However long the app does not read, the link is never declared dead for silence
+        // it cannot hear; it keeps PINGing so the gateway does not reap it.
+        let mut t = t0;
+        for _ in 0..10 {
+            let (at, due) = hb.next();
+            assert_eq!(due, Due::Ping);
+            t = at;
+            hb.on_ping(t);
+        }
+        hb.resume_listening(t);
+        assert_eq!(hb.next(), (t + I, Due::Ping));
+        hb.on_ping(t + I);
+        assert_eq!(
+            hb.next(),
+            (t + I + T, Due::Dead),
+            "silence after resuming is fatal"
+        );
+        hb.on_receive(t + I + Duration::from_secs(1));
+        assert_eq!(hb.next().1, Due::Ping);
     }
 }

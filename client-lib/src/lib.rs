@@ -3,47 +3,74 @@
 //! backoff and jitter, fails over to the next gateway, and never reconnects after a KICK.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use futures::StreamExt;
 //! use switchyard_client::Client;
 //!
-//! let client = Client::builder()
-//!     .routers(["http://127.0.0.1:7100"])
-//!     .client_id("user-42")
-//!     .token("secret")
-//!     .build()?;
-//! let mut events = client.events();
-//! let mut messages = client.connect().await?;
-//! let receipt = client.send("hello").await?;
-//! receipt.await?; // the gateway acknowledged it
-//! while let Some(m) = messages.next().await {
-//!     println!("got {m:?}");
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let client = Client::builder()
+//!         .routers(["http://127.0.0.1:7100"])
+//!         .client_id("user-42")
+//!         .token("secret")
+//!         .build()?;
+//!     let mut messages = client.connect().await?;
+//!     let receipt = client.send("hello").await?;
+//!     receipt.await?; // the gateway acknowledged it
+//!     while let Some(m) = messages.next().await {
+//!         println!("got {m:?}");
+//!     }
+//!     Ok(())
 //! }
-//! # drop(events); Ok(()) }
 //! ```
 //!
 //! # Layout
-//! - [`client`]: [`Client`] (the handle), [`Event`], [`Messages`], [`Receipt`], and the
-//!   driver task that owns the link, the outbound queue and the reconnect loop.
-//! - [`config`]: [`Builder`] (validated settings), [`Protocol`], [`Keepalive`], TLS helpers.
-//! - [`routing`]: router gRPC calls over several endpoints, the cached last good list, the
+//! - `client`: [`Client`] (the handle), [`Messages`], [`Events`], [`Receipt`], [`Stats`],
+//!   and the state the handle shares with the driver.
+//! - `driver`: the task that owns the link — routing, racing, the session loop — doing
+//!   what the reconnect machine decides.
+//! - `reconnect`: the pure reconnect machine (events in, decisions out).
+//! - `event`: [`Event`] and its typed causes ([`DisconnectCause`], [`FailureKind`],
+//!   [`Setback`], [`GaveUp`]), [`Error`], [`SendError`], [`Undelivered`].
+//! - `config`: [`Builder`] (validated settings), [`Protocol`], [`Keepalive`], TLS helpers,
+//!   and the one place settings are merged (local > router > WELCOME > default).
+//! - `token`: [`TokenSource`] and the token provider called before every HELLO.
+//! - `routing`: router gRPC calls over several endpoints, the cached last good list, the
 //!   failure log behind `exclude`/`failures`.
-//! - [`race`]: staggered connection racing (pure, generic over the attempt).
-//! - [`heartbeat`]: idle-only PING and dead-link deadlines; the adaptive interval.
-//! - [`outbox`]: numbered DATA frames kept until ACKed and resent in order on a new link.
-//! - `transport` (private): TCP / WebSocket links, TLS (rustls), TCP keepalive (socket2).
+//! - `race`: staggered connection racing (pure, generic over the attempt).
+//! - `heartbeat`: idle-only PING and dead-link deadlines; the adaptive interval.
+//! - `outbox`: numbered DATA frames kept until ACKed and resent in order on a new link.
+//! - `transport`: TCP / WebSocket links, TLS (rustls), TCP keepalive (socket2).
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
-pub mod client;
-pub mod config;
-pub mod heartbeat;
-pub mod outbox;
-pub mod race;
-pub mod routing;
+mod client;
+mod config;
+mod driver;
+mod event;
+mod heartbeat;
+mod outbox;
+mod race;
+mod reconnect;
+mod routing;
+mod token;
 mod transport;
 
-pub use client::{Client, Error, Event, Events, Messages, Receipt, SendError, Stats, Undelivered};
-pub use config::{Builder, ConfigError, Keepalive, Protocol, tls_from_pem_file, tls_with_roots};
+#[doc = include_str!("../../docs/client.md")]
+#[cfg(doctest)]
+pub struct ClientGuideExamples;
+
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeExamples;
+
+pub use client::{Client, Events, Messages, Receipt, Stats};
+pub use config::{
+    Builder, ConfigError, Keepalive, Problem, Protocol, defaults, tls_from_pem_file, tls_with_roots,
+};
+pub use event::{
+    DisconnectCause, Error, Event, Failure, FailureKind, GaveUp, SendError, Setback, Undelivered,
+};
 pub use heartbeat::AdaptiveSettings;
 pub use routing::{Gateway, RouteSource};
-pub use switchyard_proto::v1::KickCode;
+pub use switchyard_proto::v1::{KickCode, RejectCode};
+pub use token::{TokenError, TokenFuture, TokenSource};

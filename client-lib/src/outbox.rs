@@ -19,7 +19,7 @@ struct Entry<T> {
 
 /// Numbered frames in send order.
 #[derive(Debug)]
-pub struct Outbox<T> {
+pub(crate) struct Outbox<T> {
     /// Unacknowledged frames, lowest sequence first.
     entries: VecDeque<Entry<T>>,
     /// Sequence number of the next pushed frame (starts at 1: 0 means "no ACK wanted").
@@ -40,7 +40,7 @@ impl<T> Default for Outbox<T> {
 
 impl<T> Outbox<T> {
     /// Queues `payload` and returns its sequence number.
-    pub fn push(&mut self, payload: Bytes, token: T) -> u64 {
+    pub(crate) fn push(&mut self, payload: Bytes, token: T) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.entries.push_back(Entry {
@@ -52,7 +52,7 @@ impl<T> Outbox<T> {
     }
 
     /// Frames not yet written on the current link, in order; marks them written.
-    pub fn take_unsent(&mut self) -> Vec<(u64, Bytes)> {
+    pub(crate) fn take_unsent(&mut self) -> Vec<(u64, Bytes)> {
         let out = self
             .entries
             .iter()
@@ -64,14 +64,14 @@ impl<T> Outbox<T> {
     }
 
     /// A new link: everything unacknowledged goes out again.
-    pub fn relink(&mut self) {
+    pub(crate) fn relink(&mut self) {
         self.sent = 0;
     }
 
     /// Cumulative ACK `upto`: releases every frame with `seq <= upto` that was written on this
     /// link. An ACK beyond what was written is capped (a confused peer cannot make us drop
     /// frames it never saw).
-    pub fn ack(&mut self, upto: u64) -> Vec<T> {
+    pub(crate) fn ack(&mut self, upto: u64) -> Vec<T> {
         let mut released = Vec::new();
         while self.sent > 0 {
             match self.entries.front() {
@@ -86,17 +86,19 @@ impl<T> Outbox<T> {
     }
 
     /// Frames waiting for an ACK (written or not).
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
 
     /// True when nothing waits.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
     /// Everything not acknowledged, in order, for handing back as failed.
-    pub fn drain(&mut self) -> Vec<(Bytes, T)> {
+    pub(crate) fn drain(&mut self) -> Vec<(Bytes, T)> {
         self.sent = 0;
         self.entries
             .drain(..)

@@ -12,25 +12,25 @@ use tokio::time::Instant;
 
 /// Racing parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RaceSettings {
+pub(crate) struct RaceSettings {
     /// Head start each candidate gets before the next one starts.
-    pub delay: Duration,
+    pub(crate) delay: Duration,
     /// Attempts running at once.
-    pub max_in_flight: usize,
+    pub(crate) max_in_flight: usize,
 }
 
-/// How one attempt ended badly.
+/// How one attempt ended badly; `E` says why.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AttemptError {
+pub(crate) enum AttemptError<E> {
     /// Try the next candidate (connect refused, timeout, REJECT OVERLOADED/DRAINING, ...).
-    Next(String),
+    Next(E),
     /// Stop racing: nothing else will work either (REJECT AUTH).
-    Terminal(String),
+    Terminal(E),
 }
 
 /// The race result.
 #[derive(Debug)]
-pub enum Outcome<T> {
+pub(crate) enum Outcome<T, E> {
     /// Candidate `index` won; `failures` lists the candidates that failed before it.
     Won {
         /// Winner's position in the list.
@@ -38,25 +38,31 @@ pub enum Outcome<T> {
         /// What the winning attempt produced.
         value: T,
         /// Candidates that failed, with reasons.
-        failures: Vec<(usize, String)>,
+        failures: Vec<(usize, E)>,
     },
     /// An attempt ended the race for good.
     Terminal {
+        /// The candidate that ended it.
+        index: usize,
         /// Why.
-        reason: String,
+        reason: E,
     },
     /// Every candidate failed (or the list was empty).
     Exhausted {
         /// Candidates that failed, with reasons.
-        failures: Vec<(usize, String)>,
+        failures: Vec<(usize, E)>,
     },
 }
 
 /// Races `n` candidates; `start(i)` begins the attempt on candidate `i`.
-pub async fn race<T, F, Fut>(n: usize, settings: RaceSettings, mut start: F) -> Outcome<T>
+pub(crate) async fn race<T, E, F, Fut>(
+    n: usize,
+    settings: RaceSettings,
+    mut start: F,
+) -> Outcome<T, E>
 where
     F: FnMut(usize) -> Fut,
-    Fut: Future<Output = Result<T, AttemptError>>,
+    Fut: Future<Output = Result<T, AttemptError<E>>>,
 {
     let max = settings.max_in_flight.max(1);
     let mut in_flight = FuturesUnordered::new();
@@ -78,7 +84,7 @@ where
         tokio::select! {
             Some((i, result)) = in_flight.next() => match result {
                 Ok(value) => return Outcome::Won { index: i, value, failures },
-                Err(AttemptError::Terminal(reason)) => return Outcome::Terminal { reason },
+                Err(AttemptError::Terminal(reason)) => return Outcome::Terminal { index: i, reason },
                 Err(AttemptError::Next(reason)) => {
                     failures.push((i, reason));
                     if next < n && in_flight.len() < max {
@@ -100,9 +106,9 @@ where
 }
 
 /// Tags an attempt with its candidate index (one opaque type for every push site).
-async fn tagged<T, Fut>(i: usize, fut: Fut) -> (usize, Result<T, AttemptError>)
+async fn tagged<T, E, Fut>(i: usize, fut: Fut) -> (usize, Result<T, AttemptError<E>>)
 where
-    Fut: Future<Output = Result<T, AttemptError>>,
+    Fut: Future<Output = Result<T, AttemptError<E>>>,
 {
     (i, fut.await)
 }
@@ -126,7 +132,7 @@ mod tests {
         Hang,
     }
 
-    async fn run(plans: Vec<Plan>) -> (Outcome<usize>, Vec<(usize, u128)>) {
+    async fn run(plans: Vec<Plan>) -> (Outcome<usize, String>, Vec<(usize, u128)>) {
         let t0 = Instant::now();
         let started = Arc::new(Mutex::new(Vec::new()));
         let log = started.clone();

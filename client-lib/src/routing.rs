@@ -2,12 +2,17 @@
 //! the client's own memory of gateways that just failed.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use switchyard_proto::limits::policy_floor;
 use switchyard_proto::v1;
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
+
+use crate::event::FailureKind;
 
 /// A gateway the client may connect to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -28,38 +33,46 @@ impl Gateway {
     }
 }
 
-/// Behaviour the router asks for (contract 2 `ClientPolicy`); `None` = not set there.
+/// Behaviour the router asks for (contract 2 `ClientPolicy`); `None` = not set there. Also
+/// the shape of the app's local overrides.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RouterPolicy {
+pub(crate) struct RouterPolicy {
     /// Idle time before a PING.
     #[serde(with = "opt_ms")]
-    pub heartbeat_interval: Option<Duration>,
+    pub(crate) heartbeat_interval: Option<Duration>,
     /// How long a PING may stay unanswered.
     #[serde(with = "opt_ms")]
-    pub heartbeat_timeout: Option<Duration>,
+    pub(crate) heartbeat_timeout: Option<Duration>,
     /// First backoff ceiling.
     #[serde(with = "opt_ms")]
-    pub backoff_base: Option<Duration>,
+    pub(crate) backoff_base: Option<Duration>,
     /// Largest backoff ceiling.
     #[serde(with = "opt_ms")]
-    pub backoff_cap: Option<Duration>,
+    pub(crate) backoff_cap: Option<Duration>,
     /// Attempts before giving up.
-    pub max_attempts: Option<u32>,
+    pub(crate) max_attempts: Option<u32>,
     /// Random wait before the first reconnect after a loss.
     #[serde(with = "opt_ms")]
-    pub reconnect_spread: Option<Duration>,
+    pub(crate) reconnect_spread: Option<Duration>,
 }
 
 impl From<&v1::ClientPolicy> for RouterPolicy {
+    /// What a router says, clamped up to the policy floors: routers refuse such policies
+    /// when they load them, but one typo that slipped through (or an old router) must not
+    /// make a fleet of phones ping every 30 ms or reconnect in a tight loop.
     fn from(p: &v1::ClientPolicy) -> Self {
-        let d = |ms: u64| (ms > 0).then(|| Duration::from_millis(ms));
+        let d = |ms: u64, floor: Duration| (ms > 0).then(|| Duration::from_millis(ms).max(floor));
+        let backoff_base = d(p.backoff_base_ms, policy_floor::BACKOFF_BASE);
         Self {
-            heartbeat_interval: d(p.heartbeat_interval_ms),
-            heartbeat_timeout: d(p.heartbeat_timeout_ms),
-            backoff_base: d(p.backoff_base_ms),
-            backoff_cap: d(p.backoff_cap_ms),
+            heartbeat_interval: d(p.heartbeat_interval_ms, policy_floor::HEARTBEAT_INTERVAL),
+            heartbeat_timeout: d(p.heartbeat_timeout_ms, policy_floor::HEARTBEAT_TIMEOUT),
+            backoff_base,
+            backoff_cap: d(
+                p.backoff_cap_ms,
+                backoff_base.unwrap_or(policy_floor::BACKOFF_BASE),
+            ),
             max_attempts: (p.max_attempts > 0).then_some(p.max_attempts),
-            reconnect_spread: d(p.reconnect_spread_ms),
+            reconnect_spread: d(p.reconnect_spread_ms, Duration::ZERO),
         }
     }
 }
@@ -106,17 +119,21 @@ impl RouteSource {
 
 /// The last good router answer, kept in memory and optionally in a file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CachedList {
+pub(crate) struct CachedList {
     /// Ranked gateways, best first.
-    pub gateways: Vec<Gateway>,
+    pub(crate) gateways: Vec<Gateway>,
     /// Wall-clock end of validity (the file outlives the process, so not an `Instant`).
-    pub valid_until_unix_ms: u64,
+    pub(crate) valid_until_unix_ms: u64,
     /// The policy that came with the list.
-    pub policy: RouterPolicy,
+    pub(crate) policy: RouterPolicy,
+    /// The router endpoint that answered: asked first after a restart, so a hung replica
+    /// costs a login its deadline only when it was the last one that worked.
+    #[serde(default)]
+    pub(crate) router: Option<String>,
 }
 
 /// Now, in Unix milliseconds.
-pub fn unix_ms(t: SystemTime) -> u64 {
+pub(crate) fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
@@ -124,7 +141,11 @@ pub fn unix_ms(t: SystemTime) -> u64 {
 impl CachedList {
     /// From a router answer received at `now_unix_ms`; validity is the router's
     /// `valid_for_ms`, shortened to `cap` when set.
-    pub fn from_answer(resp: &v1::RouteResponse, now_unix_ms: u64, cap: Option<Duration>) -> Self {
+    pub(crate) fn from_answer(
+        resp: &v1::RouteResponse,
+        now_unix_ms: u64,
+        cap: Option<Duration>,
+    ) -> Self {
         let mut valid = resp.valid_for_ms;
         if let Some(cap) = cap {
             valid = valid.min(cap.as_millis() as u64);
@@ -141,16 +162,17 @@ impl CachedList {
                 .as_ref()
                 .map(RouterPolicy::from)
                 .unwrap_or_default(),
+            router: None,
         }
     }
 
     /// Still usable at `now_unix_ms`.
-    pub fn is_valid(&self, now_unix_ms: u64) -> bool {
+    pub(crate) fn is_valid(&self, now_unix_ms: u64) -> bool {
         now_unix_ms < self.valid_until_unix_ms && !self.gateways.is_empty()
     }
 
     /// Reads a cache file; a missing or unreadable file is simply no cache.
-    pub fn load(path: &Path) -> Option<Self> {
+    pub(crate) fn load(path: &Path) -> Option<Self> {
         let text = std::fs::read(path).ok()?;
         match serde_json::from_slice(&text) {
             Ok(c) => Some(c),
@@ -162,7 +184,7 @@ impl CachedList {
     }
 
     /// Writes the cache file atomically (temp file + rename), so a crash never leaves half a list.
-    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+    pub(crate) fn save(&self, path: &Path) -> std::io::Result<()> {
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
         std::fs::rename(tmp, path)
@@ -187,31 +209,49 @@ struct Failed {
 
 /// Gateways to avoid for a while, and the failures to report to the router.
 #[derive(Debug, Clone, Default)]
-pub struct FailureLog {
+pub(crate) struct FailureLog {
     /// Most recent last; at most [`FailureLog::MAX`].
     entries: Vec<Failed>,
 }
 
 impl FailureLog {
     /// Entries kept (the router caps `exclude` and `failures` too; a handful is all it needs).
-    pub const MAX: usize = 16;
+    pub(crate) const MAX: usize = 16;
+    /// Longest reason sent to the router (it refuses longer free text).
+    const MAX_REASON: usize = 200;
 
-    /// Avoid `id` until `now + for_`; `now_unix_ms == 0` excludes without reporting.
-    pub fn record(
+    /// Avoid `id` for `exclude_for` (or for the gateway's own `retry_after`, when it said
+    /// one); network faults are also reported to the router.
+    pub(crate) fn record(
         &mut self,
         id: &str,
-        reason: &str,
+        kind: &FailureKind,
         now: Instant,
         now_unix_ms: u64,
-        for_: Duration,
+        exclude_for: Duration,
     ) {
+        let for_ = match kind {
+            FailureKind::Refused {
+                retry_after: Some(d),
+                ..
+            } => *d,
+            _ => exclude_for,
+        };
+        let mut reason = kind.to_string();
+        if reason.len() > Self::MAX_REASON {
+            let mut cut = Self::MAX_REASON;
+            while !reason.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            reason.truncate(cut);
+        }
         self.entries.retain(|f| f.id != id);
         self.entries.push(Failed {
             id: id.to_owned(),
-            reason: reason.to_owned(),
+            reason,
             at_unix_ms: now_unix_ms,
             until: now + for_,
-            report: now_unix_ms != 0,
+            report: kind.is_fault(),
         });
         if self.entries.len() > Self::MAX {
             self.entries.remove(0);
@@ -219,17 +259,17 @@ impl FailureLog {
     }
 
     /// Forget expired entries.
-    pub fn expire(&mut self, now: Instant) {
+    pub(crate) fn expire(&mut self, now: Instant) {
         self.entries.retain(|f| f.until > now);
     }
 
     /// Forget everything (the network changed: old failures say nothing about the new path).
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.entries.clear();
     }
 
     /// Ids to exclude at `now`.
-    pub fn excluded(&self, now: Instant) -> Vec<String> {
+    pub(crate) fn excluded(&self, now: Instant) -> Vec<String> {
         self.entries
             .iter()
             .filter(|f| f.until > now)
@@ -238,7 +278,7 @@ impl FailureLog {
     }
 
     /// Failures to report in `RouteRequest.failures`.
-    pub fn report(&self, now: Instant) -> Vec<v1::Failure> {
+    pub(crate) fn report(&self, now: Instant) -> Vec<v1::Failure> {
         self.entries
             .iter()
             .filter(|f| f.until > now && f.report)
@@ -253,7 +293,7 @@ impl FailureLog {
 
 /// A fallback list with excluded gateways moved to the end (kept, not dropped: when every
 /// gateway recently failed, trying them again beats trying nothing).
-pub fn order_fallback(list: &[Gateway], exclude: &[String]) -> Vec<Gateway> {
+pub(crate) fn order_fallback(list: &[Gateway], exclude: &[String]) -> Vec<Gateway> {
     let (mut ok, bad): (Vec<_>, Vec<_>) =
         list.iter().cloned().partition(|g| !exclude.contains(&g.id));
     ok.extend(bad);
@@ -262,7 +302,7 @@ pub fn order_fallback(list: &[Gateway], exclude: &[String]) -> Vec<Gateway> {
 
 /// Why no router answered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RouteError {
+pub(crate) enum RouteError {
     /// No router endpoint is configured.
     #[error("no router configured")]
     NoRouter,
@@ -271,22 +311,28 @@ pub enum RouteError {
     Unanswered(String),
 }
 
-/// gRPC clients for every configured router endpoint.
-#[derive(Debug)]
-pub struct Routers {
+/// gRPC clients for every configured router endpoint. Cheap to clone (channels are
+/// shared), so a Route call can run while the driver keeps serving commands.
+#[derive(Debug, Clone)]
+pub(crate) struct Routers {
     /// One lazily connected channel per endpoint.
-    clients: Vec<(String, v1::router_client::RouterClient<Channel>)>,
-    /// Index of the endpoint that answered last: asked first next time. Starts at a random
-    /// endpoint so a fleet of clients spreads over the replicas instead of all asking the
-    /// first one listed.
-    preferred: usize,
+    clients: Arc<[(String, v1::router_client::RouterClient<Channel>)]>,
+    /// Index of the endpoint that answered last: asked first next time. Starts at the one
+    /// the cache file remembers, else at a random endpoint so a fleet of clients spreads
+    /// over the replicas instead of all asking the first one listed.
+    preferred: Arc<AtomicUsize>,
     /// Deadline of one `Route` call.
     timeout: Duration,
 }
 
 impl Routers {
-    /// Channels for `urls` (connected on first use). Must run inside a tokio runtime.
-    pub fn new(urls: &[String], timeout: Duration) -> Result<Self, tonic::transport::Error> {
+    /// Channels for `urls` (connected on first use), asking `remembered` first when it is
+    /// one of them. Must run inside a tokio runtime.
+    pub(crate) fn new(
+        urls: &[String],
+        timeout: Duration,
+        remembered: Option<&str>,
+    ) -> Result<Self, tonic::transport::Error> {
         let clients = urls
             .iter()
             .map(|u| {
@@ -297,34 +343,40 @@ impl Routers {
                 Ok((u.clone(), v1::router_client::RouterClient::new(ch)))
             })
             .collect::<Result<Vec<_>, tonic::transport::Error>>()?;
-        let preferred = if clients.is_empty() {
-            0
-        } else {
-            rand::random_range(0..clients.len())
+        let preferred = match remembered.and_then(|r| urls.iter().position(|u| u == r)) {
+            Some(i) => i,
+            None if clients.is_empty() => 0,
+            None => rand::random_range(0..clients.len()),
         };
         Ok(Self {
-            clients,
-            preferred,
+            clients: clients.into(),
+            preferred: Arc::new(AtomicUsize::new(preferred)),
             timeout,
         })
     }
 
-    /// Asks each endpoint in turn (last good one first), each under the deadline.
-    pub async fn route(&mut self, req: &v1::RouteRequest) -> Result<v1::RouteResponse, RouteError> {
+    /// Asks each endpoint in turn (last good one first), each under the deadline; returns
+    /// the answer and the endpoint that gave it.
+    pub(crate) async fn route(
+        &self,
+        req: &v1::RouteRequest,
+    ) -> Result<(v1::RouteResponse, String), RouteError> {
         if self.clients.is_empty() {
             return Err(RouteError::NoRouter);
         }
         let n = self.clients.len();
+        let first = self.preferred.load(Ordering::Relaxed);
         let mut last = String::new();
         for k in 0..n {
-            let i = (self.preferred + k) % n;
-            let (url, client) = &mut self.clients[i];
+            let i = (first + k) % n;
+            let (url, client) = &self.clients[i];
+            let mut client = client.clone();
             let mut request = tonic::Request::new(req.clone());
             request.set_timeout(self.timeout);
             match tokio::time::timeout(self.timeout, client.route(request)).await {
                 Ok(Ok(resp)) => {
-                    self.preferred = i;
-                    return Ok(resp.into_inner());
+                    self.preferred.store(i, Ordering::Relaxed);
+                    return Ok((resp.into_inner(), url.clone()));
                 }
                 Ok(Err(status)) => {
                     tracing::debug!(router = %url, code = ?status.code(), msg = status.message(), "route failed");
@@ -388,22 +440,84 @@ mod tests {
     async fn failures_exclude_for_a_while_and_report_once_per_gateway() {
         let mut log = FailureLog::default();
         let t0 = Instant::now();
-        log.record("a", "refused", t0, 100, Duration::from_secs(10));
-        log.record("b", "timeout", t0, 100, Duration::from_secs(20));
-        log.record("a", "refused again", t0, 200, Duration::from_secs(10));
+        let fault = |d: &str| FailureKind::Unreachable { detail: d.into() };
+        log.record("a", &fault("refused"), t0, 100, Duration::from_secs(10));
+        log.record("b", &fault("timeout"), t0, 100, Duration::from_secs(20));
+        log.record(
+            "a",
+            &fault("refused again"),
+            t0,
+            200,
+            Duration::from_secs(10),
+        );
         assert_eq!(log.excluded(t0), ["b", "a"]);
-        assert_eq!(log.report(t0)[1].reason, "refused again");
+        assert_eq!(log.report(t0)[1].reason, "unreachable: refused again");
         assert_eq!(log.excluded(t0 + Duration::from_secs(15)), ["b"]);
-        log.record("drained", "goaway", t0, 0, Duration::from_secs(10));
+        let moved = FailureKind::Lost(crate::event::DisconnectCause::GoAway {
+            reason: "drain".into(),
+        });
+        log.record("drained", &moved, t0, 0, Duration::from_secs(10));
         assert!(log.excluded(t0).contains(&"drained".to_owned()));
         assert!(
             log.report(t0).iter().all(|f| f.gateway_id != "drained"),
             "excluded, not reported"
         );
         for i in 0..40 {
-            log.record(&format!("g{i}"), "x", t0, 0, Duration::from_secs(1));
+            log.record(&format!("g{i}"), &fault("x"), t0, 0, Duration::from_secs(1));
         }
         assert_eq!(log.excluded(t0).len(), FailureLog::MAX);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_excludes_for_the_gateways_retry_after() {
+        let mut log = FailureLog::default();
+        let t0 = Instant::now();
+        let busy = FailureKind::Refused {
+            code: v1::RejectCode::Overloaded,
+            reason: "x".repeat(1000),
+            retry_after: Some(Duration::from_secs(3)),
+        };
+        log.record("a", &busy, t0, 1, Duration::from_secs(30));
+        assert_eq!(log.excluded(t0 + Duration::from_millis(2999)), ["a"]);
+        assert!(log.excluded(t0 + Duration::from_secs(3)).is_empty());
+        assert!(log.report(t0).is_empty(), "a refusal is not a fault");
+        log.record(
+            "b",
+            &FailureKind::Unreachable {
+                detail: "é".repeat(300),
+            },
+            t0,
+            1,
+            Duration::from_secs(30),
+        );
+        assert!(
+            log.report(t0)[0].reason.len() <= 200,
+            "long reasons are cut to what routers take"
+        );
+    }
+
+    #[test]
+    fn router_policy_is_clamped_to_the_floors() {
+        let p = RouterPolicy::from(&v1::ClientPolicy {
+            heartbeat_interval_ms: 30,
+            heartbeat_timeout_ms: 1,
+            backoff_base_ms: 1,
+            backoff_cap_ms: 2,
+            ..Default::default()
+        });
+        assert_eq!(p.heartbeat_interval, Some(policy_floor::HEARTBEAT_INTERVAL));
+        assert_eq!(p.heartbeat_timeout, Some(policy_floor::HEARTBEAT_TIMEOUT));
+        assert_eq!(p.backoff_base, Some(policy_floor::BACKOFF_BASE));
+        assert_eq!(
+            p.backoff_cap,
+            Some(policy_floor::BACKOFF_BASE),
+            "cap >= base"
+        );
+        let sane = RouterPolicy::from(&v1::ClientPolicy {
+            heartbeat_interval_ms: 45_000,
+            ..Default::default()
+        });
+        assert_eq!(sane.heartbeat_interval, Some(Duration::from_secs(45)));
     }
 
     #[tokio::test]
@@ -414,11 +528,17 @@ mod tests {
         ];
         let mut seen = [0usize; 2];
         for _ in 0..64 {
-            let routers = Routers::new(&urls, Duration::from_secs(1)).expect("valid urls");
-            seen[routers.preferred] += 1;
+            let routers = Routers::new(&urls, Duration::from_secs(1), None).expect("valid urls");
+            seen[routers.preferred.load(Ordering::Relaxed)] += 1;
         }
         // All 64 on one replica has probability 2^-63.
         assert!(seen[0] > 0 && seen[1] > 0, "start spread {seen:?}");
+        // The one remembered from the last run goes first, every time.
+        for _ in 0..8 {
+            let r =
+                Routers::new(&urls, Duration::from_secs(1), Some("http://127.0.0.1:2")).unwrap();
+            assert_eq!(r.preferred.load(Ordering::Relaxed), 1);
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::codec::Framed;
 
 use crate::config::{Keepalive, Protocol};
+use crate::event::DisconnectCause;
 
 /// A byte stream: plain TCP or TLS over it.
 pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -41,6 +42,36 @@ pub(crate) enum LinkError {
     /// The WebSocket peer sent a text message or other non-frame.
     #[error("websocket: unexpected {0} message")]
     WsMessage(&'static str),
+}
+
+impl LinkError {
+    /// What this error means for an established link. Every way a peer or path can end a
+    /// connection (EOF, RST, broken pipe, a WebSocket reset) is one cause, so one crash
+    /// gives one cause whatever the timing; anything else the peer sent wrong is a
+    /// protocol error.
+    pub(crate) fn into_cause(self) -> DisconnectCause {
+        use tokio_tungstenite::tungstenite::Error as WsError;
+        use tokio_tungstenite::tungstenite::error::ProtocolError;
+        let closed = match &self {
+            Self::Io(_) | Self::Frame(FrameError::Io(_)) => true,
+            Self::Ws(
+                WsError::Io(_)
+                | WsError::ConnectionClosed
+                | WsError::AlreadyClosed
+                | WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake),
+            ) => true,
+            Self::Address(..) | Self::Frame(_) | Self::Ws(_) | Self::WsMessage(_) => false,
+        };
+        if closed {
+            DisconnectCause::LinkClosed {
+                detail: self.to_string(),
+            }
+        } else {
+            DisconnectCause::Protocol {
+                detail: self.to_string(),
+            }
+        }
+    }
 }
 
 /// Everything needed to open a link.
@@ -226,6 +257,29 @@ impl LinkRx {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reset_and_a_broken_pipe_are_one_cause_and_a_bad_frame_another() {
+        use std::io::{Error, ErrorKind};
+        for kind in [
+            ErrorKind::ConnectionReset,
+            ErrorKind::BrokenPipe,
+            ErrorKind::UnexpectedEof,
+        ] {
+            assert_eq!(
+                LinkError::Io(Error::from(kind)).into_cause().name(),
+                "link_closed"
+            );
+            let framed = LinkError::Frame(FrameError::Io(Error::from(kind)));
+            assert_eq!(framed.into_cause().name(), "link_closed");
+        }
+        assert_eq!(
+            LinkError::Frame(FrameError::UnknownKind(0x7f))
+                .into_cause()
+                .name(),
+            "protocol"
+        );
+    }
 
     #[test]
     fn host_is_taken_from_host_port() {

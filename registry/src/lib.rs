@@ -9,17 +9,21 @@
 //! - [`watcher`]: [`PrefixWatcher`], whole and consistent snapshots of a prefix.
 //! - [`fleet`]: the registry decoded for routers and tools: [`fleet::watch`] keeps a
 //!   [`Fleet`] current, [`fleet::load`] reads it once; ops drain and undrain writes.
+//! - [`cli`] and [`telemetry`]: what every binary shares — the etcd flags,
+//!   `--config` files, exit codes, logging and the metrics recorder.
 //!
 //! Everything here survives etcd restarts, outages longer than a lease TTL, leader changes
 //! and compaction; see `docs/registry.md` for the schema itself.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod cli;
 mod etcd;
 pub mod fleet;
 mod keys;
 mod lease;
 mod record;
+pub mod telemetry;
 // Public as a path too: the gateway agent names `watcher::Decoder`; everything in it is
 // also exported below.
 pub mod watcher;

@@ -1,36 +1,48 @@
 //! `switchyard-router`: flags, env and TOML merged into a `router::Config` (validated) plus
 //! the settings only this binary uses (etcd endpoints, listen addresses, log format), then
-//! `switchyard_router::run`.
+//! `switchyard_router::run`. Exits 2 on a usage or configuration error, 1 when running
+//! fails (`switchyard_registry::cli`).
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::Parser;
+use clap::{ArgMatches, CommandFactory, FromArgMatches};
 use ipnet::IpNet;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
-use serde::Deserialize;
 use switchyard_registry::EtcdConfig;
-use switchyard_router::{Config, Listeners, ValidConfig};
+use switchyard_registry::cli::{self, EtcdArgs, given};
+use switchyard_registry::telemetry::{self, LogFormat};
+use serde::Deserialize;
+use switchyard_router::{Config, ConfigError, Listeners, ValidConfig};
+
+/// Name in error lines.
+const BIN: &str = "switchyard-router";
+
+/// Explicit buckets for Route latency: the default summary hides the microsecond range
+/// the router answers in.
+const ROUTE_SECONDS_BUCKETS: &[f64] = &[
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.005, 0.025, 0.1,
+];
 
 /// Watches the Switchyard registry in etcd and answers Route with ranked gateways.
-#[derive(Debug, Parser)]
+///
+/// The defaults shown are the built-in ones; a value in the `--config` file wins over
+/// them, and a flag or its environment variable wins over the file.
+#[derive(Debug, clap::Parser)]
 #[command(name = "switchyard-router", version)]
 struct Args {
     /// TOML file with any of the settings below plus ranking, outlier, policy and locality
     /// tables; flags and env override it.
     #[arg(long, env = "SWITCHYARD_CONFIG")]
     config: Option<PathBuf>,
-    /// etcd endpoints, comma-separated.
-    #[arg(long, env = "SWITCHYARD_ETCD", value_delimiter = ',')]
-    etcd: Option<Vec<String>>,
-    /// Registry prefix.
-    #[arg(long, env = "SWITCHYARD_PREFIX")]
-    prefix: Option<String>,
+    /// The etcd connection, the same flags as every Switchyard binary.
+    #[command(flatten)]
+    registry: EtcdArgs,
     /// gRPC listen address.
-    #[arg(long, env = "SWITCHYARD_LISTEN")]
-    listen: Option<SocketAddr>,
+    #[arg(long, env = "SWITCHYARD_LISTEN", default_value = "127.0.0.1:7100")]
+    listen: SocketAddr,
     /// HTTP side port (/metrics, /healthz, status page).
     #[arg(long, env = "SWITCHYARD_HTTP_LISTEN")]
     http_listen: Option<SocketAddr>,
@@ -56,139 +68,142 @@ struct Args {
     #[arg(long, env = "SWITCHYARD_CLIENT_CA")]
     client_ca: Option<PathBuf>,
     /// How long clients may cache a Route answer, e.g. 30s.
-    #[arg(long, env = "SWITCHYARD_VALID_FOR", value_parser = humantime::parse_duration)]
-    valid_for: Option<std::time::Duration>,
-    /// Log format: text or json.
-    #[arg(long, env = "SWITCHYARD_LOG_FORMAT", value_enum)]
-    log_format: Option<LogFormat>,
+    #[arg(long, env = "SWITCHYARD_VALID_FOR", default_value = "30s", value_parser = humantime::parse_duration)]
+    valid_for: std::time::Duration,
+    /// Log format.
+    #[arg(long, env = "SWITCHYARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
 /// The settings only this binary uses; the rest of the file is the library's [`Config`].
-#[derive(Debug, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Debug)]
 struct Process {
-    /// etcd endpoints to connect to.
-    etcd: Vec<String>,
+    /// Where etcd is.
+    etcd: EtcdConfig,
     /// gRPC listen address.
     listen: SocketAddr,
     /// HTTP side port, none when unset.
     http_listen: Option<SocketAddr>,
-    /// Log format: `text` or `json`.
+    /// How log lines are written.
     log_format: LogFormat,
 }
 
-impl Default for Process {
-    fn default() -> Self {
-        Self {
-            etcd: vec!["http://127.0.0.1:2379".into()],
-            listen: SocketAddr::from(([127, 0, 0, 1], 7100)),
-            http_listen: None,
-            log_format: LogFormat::Text,
-        }
-    }
-}
-
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line, for log shippers.
-    Json,
+/// [`Process`] as the config file may give it (every key optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct ProcessFile {
+    /// etcd endpoints.
+    etcd: Option<Vec<String>>,
+    /// gRPC listen address.
+    listen: Option<SocketAddr>,
+    /// HTTP side port.
+    http_listen: Option<SocketAddr>,
+    /// `text` or `json`.
+    log_format: Option<String>,
 }
 
 /// Keys of the config file that belong to [`Process`], not to the library's [`Config`].
 const PROCESS_KEYS: [&str; 4] = ["etcd", "listen", "http_listen", "log_format"];
 
+/// Splits a config file into the binary's part and the library's.
+fn read_file(text: &str) -> anyhow::Result<(ProcessFile, Config)> {
+    let mut table: toml::Table = text.parse().map_err(ConfigError::Toml)?;
+    let process: toml::Table = PROCESS_KEYS
+        .iter()
+        .filter_map(|k| table.remove(*k).map(|v| (k.to_string(), v)))
+        .collect();
+    let p = toml::Value::Table(process)
+        .try_into()
+        .map_err(ConfigError::Toml)?;
+    let c = toml::Value::Table(table)
+        .try_into()
+        .map_err(ConfigError::Toml)?;
+    Ok((p, c))
+}
+
 impl Args {
-    fn into_config(self) -> anyhow::Result<(Process, ValidConfig)> {
-        let (mut p, mut c) = match &self.config {
+    /// The file's settings with what was given as a flag or env variable over them.
+    fn into_config(self, matches: &ArgMatches) -> anyhow::Result<(Process, ValidConfig)> {
+        let (file, mut c) = match &self.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading {}", path.display()))?;
-                let mut table: toml::Table =
-                    text.parse().map_err(switchyard_router::ConfigError::Toml)?;
-                let process: toml::Table = PROCESS_KEYS
-                    .iter()
-                    .filter_map(|k| table.remove(*k).map(|v| (k.to_string(), v)))
-                    .collect();
-                let p: Process = toml::Value::Table(process)
-                    .try_into()
-                    .map_err(switchyard_router::ConfigError::Toml)?;
-                let c: Config = toml::Value::Table(table)
-                    .try_into()
-                    .map_err(switchyard_router::ConfigError::Toml)?;
-                (p, c)
+                read_file(&text)?
             }
-            None => (Process::default(), Config::default()),
+            None => (ProcessFile::default(), Config::default()),
         };
-        macro_rules! set {
-            ($into:ident: $($field:ident),*) => { $( if let Some(v) = self.$field { $into.$field = v; } )* };
+        let explicit = |id: &str| given(matches, id);
+        let etcd = match file.etcd {
+            Some(etcd) if !explicit("etcd") => etcd,
+            _ => self.registry.etcd,
+        };
+        let log_format = match file.log_format.as_deref() {
+            _ if explicit("log_format") => self.log_format,
+            None => self.log_format,
+            Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => anyhow::bail!("log_format must be text or json, got {other:?}"),
+        };
+        let process = Process {
+            etcd: EtcdConfig::new(&etcd)?,
+            listen: match file.listen {
+                Some(listen) if !explicit("listen") => listen,
+                _ => self.listen,
+            },
+            http_listen: self.http_listen.or(file.http_listen),
+            log_format,
+        };
+        if explicit("prefix") {
+            c.prefix = self.registry.prefix;
+        }
+        if explicit("valid_for") {
+            c.valid_for = self.valid_for;
+        }
+        if let Some(v) = self.trust_forwarded_for {
+            c.trust_forwarded_for = v;
         }
         macro_rules! set_opt {
-            ($into:ident: $($field:ident),*) => { $( if self.$field.is_some() { $into.$field = self.$field; } )* };
+            ($($field:ident),*) => { $( if self.$field.is_some() { c.$field = self.$field; } )* };
         }
-        set!(p: etcd, listen, log_format);
-        set_opt!(p: http_listen);
-        set!(c: prefix, trust_forwarded_for, valid_for);
         set_opt!(
-            c: admin_token,
+            admin_token,
             admin_token_file,
             route_token,
             tls_cert,
             tls_key,
             client_ca
         );
-        Ok((p, c.validate()?))
-    }
-}
-
-/// How often histogram samples are folded into their buckets (the exporter's own default).
-const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,h2=warn,tower=warn,hyper=warn".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if format == LogFormat::Json {
-        builder.json().init();
-    } else {
-        builder.init();
+        Ok((process, c.validate()?))
     }
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let (process, config) = match Args::parse().into_config() {
+async fn main() -> ExitCode {
+    // Exits 2 itself on a bad flag (0 for --help and --version).
+    let matches = Args::command().get_matches();
+    let (process, config) = match Args::from_arg_matches(&matches)
+        .map_err(anyhow::Error::from)
+        .and_then(|args| args.into_config(&matches))
+    {
         Ok(both) => both,
-        Err(e) => {
-            eprintln!("switchyard-router: {e:#}");
-            std::process::exit(64);
-        }
+        Err(e) => return cli::fail(BIN, cli::EXIT_USAGE, &format_args!("{e:#}")),
     };
-    init_logging(process.log_format);
-    let metrics = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Full("switchyard_router_route_seconds".into()),
-            &[
-                0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.005, 0.025, 0.1,
-            ],
-        )?
-        .install_recorder()
-        .context("installing the metrics recorder")?;
-    // `install_recorder` spawns no upkeep task: histogram samples (one per Route) pile up
-    // in the recorder until something drains them, and only a /metrics scrape did, so an
-    // unscraped router grew with every Route. Drain them on a timer like `install()` does.
-    let upkeep = metrics.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(METRICS_UPKEEP);
-        loop {
-            tick.tick().await;
-            upkeep.run_upkeep();
+    telemetry::init_logging(process.log_format);
+    match run(process, config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            cli::fail(BIN, cli::EXIT_RUNTIME, &format_args!("{e:#}"))
         }
-    });
-    let client = EtcdConfig::new(&process.etcd)?
+    }
+}
+
+async fn run(process: Process, config: ValidConfig) -> anyhow::Result<()> {
+    let metrics =
+        telemetry::install_metrics(&[("switchyard_router_route_seconds", ROUTE_SECONDS_BUCKETS)])
+            .context("installing the metrics recorder")?;
+    let client = process
+        .etcd
         .connect()
         .await
         .context("connecting to etcd")?;

@@ -3,12 +3,14 @@
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use etcd_client::Client;
-use switchyard_gateway_agent::agent::http::{Target, get};
+use switchyard_gateway_agent::agent::{Target, http_get as get};
 use switchyard_registry::{GatewayId, GatewayRecord, Prefix};
 
-use crate::{Child, bin_path, free_port};
+use crate::process::{Launch, start};
+use crate::{Child, bin_path};
 
 /// A running sidecar and where its `/metrics` is served.
 #[derive(Debug)]
@@ -21,15 +23,41 @@ pub struct AgentProcess {
 
 impl AgentProcess {
     /// Starts `switchyard-agent --etcd <etcd> --prefix <prefix> --id <id> --tcp-addr
-    /// 127.0.0.1:7200 --capacity 1000 --ttl 2s --http-listen <free port>` plus `extra`
-    /// (later flags win). Its stderr goes to the test output.
-    pub fn spawn(etcd: &str, prefix: &Prefix, id: &str, extra: &[&str]) -> Self {
-        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let mut cmd = command(etcd, prefix, id);
-        cmd.args(["--http-listen", &http.to_string()]).args(extra);
+    /// 127.0.0.1:7200 --capacity 1000 --ttl 2s` plus `extra` (later flags win) and
+    /// `--http-listen <free port>`, as [`AgentProcess::start_with`].
+    pub async fn start(etcd: &str, prefix: &Prefix, id: &str, extra: &[&str]) -> Self {
+        Self::start_with(|| {
+            let mut cmd = command(etcd, prefix, id);
+            cmd.args(extra);
+            cmd
+        })
+        .await
+    }
+
+    /// Starts the sidecar `base` builds with `--http-listen <free port>` added, and waits
+    /// until it serves `/healthz` (it binds that port before it contacts etcd, so an
+    /// unreachable etcd does not delay this). Its output goes to the test's output.
+    pub async fn start_with(mut base: impl FnMut() -> Command) -> Self {
+        let launch = Launch {
+            name: "switchyard-agent",
+            ready: "agent /healthz",
+            limit: Duration::from_secs(10),
+            echo: true,
+        };
+        let command = |[http]: [u16; 1]| {
+            let mut cmd = base();
+            cmd.args(["--http-listen", &format!("127.0.0.1:{http}")]);
+            cmd
+        };
+        let ready = |[http]: [u16; 1]| async move {
+            let target = Target::parse(&format!("http://127.0.0.1:{http}/healthz")).ok()?;
+            let (status, _) = get(&target).await.ok()?;
+            status.is_success().then_some(())
+        };
+        let (child, [http], ()) = start(&launch, command, ready).await;
         Self {
-            child: Child::spawn(cmd, "switchyard-agent"),
-            http,
+            child,
+            http: SocketAddr::from(([127, 0, 0, 1], http)),
         }
     }
 

@@ -2,19 +2,19 @@
 //! scenarios that need no registry), a client preset with test-sized timings, and waits on
 //! a client's state and event history. Scenarios with routers use [`crate::Cluster`].
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use switchyard_client::{Builder, Client, Event, Gateway};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::{Child, bin_path, eventually, free_port};
+use crate::process::{Launch, start};
+use crate::{Child, bin_path, eventually};
 
-/// Child output is noise in a passing test; `SWITCHYARD_TEST_CHILD_LOGS=1` shows it.
-fn child_output(cmd: &mut Command) {
-    if std::env::var_os("SWITCHYARD_TEST_CHILD_LOGS").is_none() {
-        cmd.stdout(Stdio::null()).stderr(Stdio::null());
-    }
+/// Child output is noise even in a failing test's report, past the last lines a failed
+/// start shows; `SWITCHYARD_TEST_CHILD_LOGS=1` copies all of it to the test's output.
+fn echo_child_output() -> bool {
+    std::env::var_os("SWITCHYARD_TEST_CHILD_LOGS").is_some()
 }
 
 /// Settings for one reference gateway process.
@@ -46,47 +46,57 @@ pub struct GatewayProc {
 }
 
 impl GatewayProc {
-    /// Starts an unregistered gateway on free loopback ports; waits until it serves `/healthz`.
+    /// Starts an unregistered gateway on free loopback ports; waits until it serves
+    /// `/healthz` and accepts on its TCP port (it binds the `/healthz` port first).
     pub async fn start(id: &str, opts: &GatewayOpts) -> Self {
-        let tcp = format!("127.0.0.1:{}", free_port());
-        let ws_addr = format!("127.0.0.1:{}", free_port());
-        let http = format!("127.0.0.1:{}", free_port());
-        let mut cmd = Command::new(bin_path("switchyard-gateway"));
-        cmd.args(["--id", id, "--listen", &tcp, "--ws-listen", &ws_addr])
-            .args(["--http-listen", &http, "--region", "r1", "--zone", "z1"])
-            .args(["--capacity", "1000"]);
-        if let Some(d) = opts.drain_window {
-            cmd.arg("--drain-window")
-                .arg(format!("{}ms", d.as_millis()));
-        }
-        if let Some(s) = &opts.auth_secret {
-            cmd.args(["--auth-secret", s]);
-        }
-        if let Some((cert, key)) = &opts.tls {
-            cmd.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
-        }
-        cmd.arg("--no-register");
-        child_output(&mut cmd);
-        let child = Child::spawn(cmd, &format!("gateway {id}"));
-        let me = Self {
+        let addr = |p: u16| format!("127.0.0.1:{p}");
+        let name = format!("gateway {id}");
+        let launch = Launch {
+            name: &name,
+            ready: "gateway /healthz",
+            limit: Duration::from_secs(10),
+            echo: echo_child_output(),
+        };
+        let command = |[tcp, ws, http]: [u16; 3]| {
+            let mut cmd = Command::new(bin_path("switchyard-gateway"));
+            cmd.args(["--id", id, "--listen", &addr(tcp), "--ws-listen", &addr(ws)])
+                .args([
+                    "--http-listen",
+                    &addr(http),
+                    "--region",
+                    "r1",
+                    "--zone",
+                    "z1",
+                ])
+                .args(["--capacity", "1000"]);
+            if let Some(d) = opts.drain_window {
+                cmd.arg("--drain-window")
+                    .arg(format!("{}ms", d.as_millis()));
+            }
+            if let Some(s) = &opts.auth_secret {
+                cmd.args(["--auth-secret", s]);
+            }
+            if let Some((cert, key)) = &opts.tls {
+                cmd.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
+            }
+            cmd.arg("--no-register");
+            cmd
+        };
+        let ready = |[tcp, _, http]: [u16; 3]| async move {
+            http_get(&addr(http), "/healthz")
+                .await
+                .filter(|b| b.contains("ok"))?;
+            tokio::net::TcpStream::connect(addr(tcp)).await.ok()
+        };
+        let (child, [tcp, ws, http], _) = start(&launch, command, ready).await;
+        Self {
             id: id.to_owned(),
-            tcp,
-            ws: format!("ws://{ws_addr}/ws"),
-            http,
+            tcp: addr(tcp),
+            ws: format!("ws://{}/ws", addr(ws)),
+            http: addr(http),
             child,
             agent: None,
-        };
-        let http = me.http.clone();
-        eventually(Duration::from_secs(10), "gateway /healthz", || {
-            let http = http.clone();
-            async move {
-                http_get(&http, "/healthz")
-                    .await
-                    .filter(|b| b.contains("ok"))
-            }
-        })
-        .await;
-        me
+        }
     }
 
     /// Registers the gateway in etcd through a `switchyard-agent` sidecar (a supported
@@ -99,8 +109,12 @@ impl GatewayProc {
             .args(["--tcp-addr", &self.tcp, "--ws-addr", &self.ws])
             .args(["--region", "r1", "--zone", "z1", "--capacity", "1000"])
             .args(["--ttl", "5s"]);
-        child_output(&mut cmd);
-        self.agent = Some(Child::spawn(cmd, &format!("agent {}", self.id)));
+        let name = format!("agent {}", self.id);
+        self.agent = Some(if echo_child_output() {
+            Child::spawn(cmd, &name)
+        } else {
+            Child::spawn_quiet(cmd, &name)
+        });
     }
 
     /// The bootstrap entry for this gateway (TCP).

@@ -3,14 +3,14 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use switchyard_proto::v1::{self as pb, router_client::RouterClient};
 use switchyard_registry::Prefix;
 
-use crate::process::{Child, bin_path};
-use crate::{EtcdCluster, eventually, free_port, unique_prefix};
+use crate::process::{Child, Launch, bin_path, start};
+use crate::{EtcdCluster, eventually, unique_prefix};
 
 /// One gateway to start.
 #[derive(Debug, Clone)]
@@ -147,79 +147,97 @@ impl Cluster {
 
     /// Starts one more router and waits until it answers.
     pub async fn add_router(&mut self) -> usize {
-        let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let mut cmd = Command::new(bin_path("switchyard-router"));
-        cmd.args([
-            "--etcd",
-            &self.etcd.endpoint(),
-            "--prefix",
-            self.prefix.as_str(),
-        ])
-        .args([
-            "--listen",
-            &grpc.to_string(),
-            "--http-listen",
-            &http.to_string(),
-        ])
-        .args(&self.router_args);
-        self.child_env(&mut cmd);
-        let child = Child::spawn(cmd, "switchyard-router");
-        let router = RouterProcess { child, grpc, http };
-        let url = router.url();
-        eventually(Duration::from_secs(20), "router answers", || async {
-            let mut c = RouterClient::connect(url.clone()).await.ok()?;
+        let addr = |p: u16| -> SocketAddr { SocketAddr::from(([127, 0, 0, 1], p)) };
+        let launch = Launch {
+            name: "switchyard-router",
+            ready: "router answers",
+            limit: Duration::from_secs(20),
+            echo: true,
+        };
+        let command = |[grpc, http]: [u16; 2]| {
+            let mut cmd = Command::new(bin_path("switchyard-router"));
+            cmd.args([
+                "--etcd",
+                &self.etcd.endpoint(),
+                "--prefix",
+                self.prefix.as_str(),
+            ])
+            .args([
+                "--listen",
+                &addr(grpc).to_string(),
+                "--http-listen",
+                &addr(http).to_string(),
+            ])
+            .args(&self.router_args);
+            self.child_env(&mut cmd);
+            cmd
+        };
+        let ready = |[grpc, _]: [u16; 2]| async move {
+            let mut c = RouterClient::connect(format!("http://{}", addr(grpc)))
+                .await
+                .ok()?;
             c.list_gateways(pb::ListGatewaysRequest {}).await.ok()
-        })
-        .await;
-        self.routers.push(router);
+        };
+        let (child, [grpc, http], _) = start(&launch, command, ready).await;
+        self.routers.push(RouterProcess {
+            child,
+            grpc: addr(grpc),
+            http: addr(http),
+        });
         self.routers.len() - 1
     }
 
     /// Starts a gateway (registered in etcd under this cluster's prefix) and waits until it
     /// accepts connections.
     pub async fn add_gateway(&mut self, spec: GatewaySpec) {
-        let tcp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let ws_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let mut cmd = Command::new(bin_path("switchyard-gateway"));
-        cmd.args([
-            "--etcd",
-            &self.etcd.endpoint(),
-            "--prefix",
-            self.prefix.as_str(),
-        ])
-        .args([
-            "--id",
-            &spec.id,
-            "--region",
-            &spec.region,
-            "--zone",
-            &spec.zone,
-        ])
-        .args(["--capacity", &spec.capacity.to_string()])
-        .args([
-            "--listen",
-            &tcp.to_string(),
-            "--ws-listen",
-            &ws_addr.to_string(),
-        ])
-        .args(["--http-listen", &http.to_string()])
-        .args(&spec.args);
-        self.child_env(&mut cmd);
-        let child = Child::spawn(cmd, &format!("switchyard-gateway {}", spec.id));
-        eventually(Duration::from_secs(20), "gateway listens", || async {
-            tokio::net::TcpStream::connect(tcp).await.ok()
-        })
-        .await;
+        let addr = |p: u16| -> SocketAddr { SocketAddr::from(([127, 0, 0, 1], p)) };
+        let name = format!("switchyard-gateway {}", spec.id);
+        let launch = Launch {
+            name: &name,
+            ready: "gateway listens",
+            limit: Duration::from_secs(20),
+            echo: true,
+        };
+        let command = |[tcp, ws, http]: [u16; 3]| {
+            let mut cmd = Command::new(bin_path("switchyard-gateway"));
+            cmd.args([
+                "--etcd",
+                &self.etcd.endpoint(),
+                "--prefix",
+                self.prefix.as_str(),
+            ])
+            .args([
+                "--id",
+                &spec.id,
+                "--region",
+                &spec.region,
+                "--zone",
+                &spec.zone,
+            ])
+            .args(["--capacity", &spec.capacity.to_string()])
+            .args([
+                "--listen",
+                &addr(tcp).to_string(),
+                "--ws-listen",
+                &addr(ws).to_string(),
+            ])
+            .args(["--http-listen", &addr(http).to_string()])
+            .args(&spec.args);
+            self.child_env(&mut cmd);
+            cmd
+        };
+        let ready = |[tcp, _, _]: [u16; 3]| async move {
+            tokio::net::TcpStream::connect(addr(tcp)).await.ok()
+        };
+        let (child, [tcp, ws, http], _) = start(&launch, command, ready).await;
         self.gateways.insert(
             spec.id.clone(),
             GatewayProcess {
                 child,
                 spec,
-                tcp,
-                ws: format!("ws://{ws_addr}/ws"),
-                http,
+                tcp: addr(tcp),
+                ws: format!("ws://{}/ws", addr(ws)),
+                http: addr(http),
             },
         );
     }
@@ -278,9 +296,7 @@ impl Cluster {
                 cmd.env_remove(k);
             }
         }
-        cmd.env("RUST_LOG", &self.log_filter)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+        cmd.env("RUST_LOG", &self.log_filter);
     }
 }
 

@@ -1,14 +1,19 @@
 //! A real etcd on free loopback ports with a temporary data dir.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use etcd_client::Client;
 use tempfile::TempDir;
 
-use crate::process::Child;
-use crate::{eventually, free_port};
+use crate::eventually;
+use crate::ports;
+use crate::process::{Child, NotReady, START_ATTEMPTS};
+
+/// How long a member may take to answer once started: a loaded 2-core machine and a
+/// member waiting for its peers both fit.
+const READY_LIMIT: Duration = Duration::from_secs(20);
 
 /// The etcd binary: `ETCD_BIN`, else `etcd` on `PATH`. Panics (never skips) when missing.
 pub fn etcd_bin() -> PathBuf {
@@ -30,19 +35,26 @@ pub fn etcd_bin() -> PathBuf {
 /// One etcd member's fixed identity: ports and data survive restarts.
 #[derive(Debug)]
 struct Member {
+    /// `--name`, unique in the cluster, and how messages name it.
     name: String,
+    /// Clients' port; fixed for the member's life, so long-lived processes find it again
+    /// after a restart (the allocator never hands it to anything else meanwhile).
     client_port: u16,
+    /// Peers' port; in every member's `--initial-cluster`, so fixed as well.
     peer_port: u16,
+    /// Its data dir: a restarted member rejoins with its data.
     data: TempDir,
+    /// The process while it runs.
     child: Option<Child>,
 }
 
 impl Member {
     fn new(i: usize) -> Self {
+        let [client_port, peer_port] = ports::reserve_n();
         Self {
             name: format!("m{i}"),
-            client_port: free_port(),
-            peer_port: free_port(),
+            client_port,
+            peer_port,
             data: private_tempdir(),
             child: None,
         }
@@ -83,10 +95,36 @@ impl Member {
             .arg("--initial-cluster-token")
             .arg("switchyard-test")
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
-            .args(["--logger", "zap", "--log-level", "error"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .args(["--logger", "zap", "--log-level", "error"]);
         self.child = Some(Child::spawn(cmd, &format!("etcd {}", self.name)));
+    }
+
+    /// Waits until the running member answers, or says why it did not (it exited, with its
+    /// output, or it is still not answering).
+    async fn wait_ready(&mut self) -> Result<(), NotReady> {
+        let endpoint = self.endpoint();
+        let child = self.child.as_mut().expect("the member was started");
+        child
+            .wait_ready(READY_LIMIT, &format!("etcd at {endpoint}"), || {
+                let endpoint = endpoint.clone();
+                async move {
+                    let mut c = Client::connect([endpoint], None).await.ok()?;
+                    c.get("/", None).await.ok()
+                }
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// [`Member::wait_ready`], panicking with the member's output when it fails.
+    async fn ready(&mut self) {
+        if let Err(e) = self.wait_ready().await {
+            panic!("{e}");
+        }
+    }
+
+    fn ports(&self) -> [u16; 2] {
+        [self.client_port, self.peer_port]
     }
 }
 
@@ -97,14 +135,12 @@ pub struct Etcd {
 }
 
 impl Etcd {
-    /// Starts etcd and waits until it answers.
+    /// Starts etcd and waits until it answers (on new ports when one was taken).
     pub async fn start() -> Self {
-        let mut member = Member::new(0);
-        let cluster = format!("{}={}", member.name, member.peer_url());
-        member.spawn(&cluster, "new");
-        let etcd = Self { member };
-        etcd.wait_ready().await;
-        etcd
+        let members = start_members(1).await;
+        Self {
+            member: members.into_iter().next().expect("one member"),
+        }
     }
 
     /// `http://127.0.0.1:<port>`.
@@ -129,11 +165,7 @@ impl Etcd {
         assert!(self.member.child.is_none(), "etcd is still running");
         let cluster = format!("{}={}", self.member.name, self.member.peer_url());
         self.member.spawn(&cluster, "existing");
-        self.wait_ready().await;
-    }
-
-    async fn wait_ready(&self) {
-        wait_ready(&self.endpoint()).await;
+        self.member.ready().await;
     }
 }
 
@@ -147,23 +179,14 @@ pub struct EtcdCluster {
 }
 
 impl EtcdCluster {
-    /// Starts `n` members and waits until each answers.
+    /// Starts `n` members and waits until each answers (all on new ports when one member
+    /// found a port taken).
     pub async fn start(n: usize) -> Self {
-        let mut members: Vec<Member> = (0..n).map(Member::new).collect();
-        let cluster = members
-            .iter()
-            .map(|m| format!("{}={}", m.name, m.peer_url()))
-            .collect::<Vec<_>>()
-            .join(",");
-        for m in &mut members {
-            m.spawn(&cluster, "new");
-        }
-        for m in &members {
-            wait_ready(&m.endpoint()).await;
-        }
+        let members = start_members(n).await;
+        let initial_cluster = initial_cluster(&members);
         Self {
             members,
-            initial_cluster: cluster,
+            initial_cluster,
         }
     }
 
@@ -228,8 +251,51 @@ impl EtcdCluster {
         let m = &mut self.members[i];
         assert!(m.child.is_none(), "etcd {} is still running", m.name);
         m.spawn(&self.initial_cluster, "existing");
-        wait_ready(&m.endpoint()).await;
+        m.ready().await;
     }
+}
+
+/// `--initial-cluster`: every member's name and peer URL.
+fn initial_cluster(members: &[Member]) -> String {
+    members
+        .iter()
+        .map(|m| format!("{}={}", m.name, m.peer_url()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Starts a new `n`-member cluster and waits until every member answers. A member that
+/// exits on a taken port takes the whole cluster down with it (the ports are in every
+/// member's `--initial-cluster`): it is started again with new ports and data, up to
+/// [`START_ATTEMPTS`] times. Any other failure panics with the member's output.
+async fn start_members(n: usize) -> Vec<Member> {
+    let mut conflicts = Vec::new();
+    for _ in 0..START_ATTEMPTS {
+        let mut members: Vec<Member> = (0..n).map(Member::new).collect();
+        let cluster = initial_cluster(&members);
+        for m in &mut members {
+            m.spawn(&cluster, "new");
+        }
+        let mut failure = None;
+        for m in &mut members {
+            if let Err(e) = m.wait_ready().await {
+                failure = Some((e, m.ports()));
+                break;
+            }
+        }
+        match failure {
+            None => return members,
+            Some((e, ports)) if e.port_conflict(&ports) => {
+                eprintln!("{e}\n(a port was taken: starting etcd again on new ports)");
+                conflicts.push(e.to_string());
+            }
+            Some((e, _)) => panic!("{e}"),
+        }
+    }
+    panic!(
+        "etcd did not start in {START_ATTEMPTS} attempts, each ending on a port conflict:\n{}",
+        conflicts.join("\n")
+    );
 }
 
 /// A temporary data dir only we can read, as etcd wants (it warns otherwise).
@@ -250,17 +316,4 @@ async fn connect(endpoints: &[String]) -> Client {
         .connect()
         .await
         .expect("connect")
-}
-
-async fn wait_ready(endpoint: &str) {
-    let client = Client::connect([endpoint], None).await.expect("client");
-    eventually(
-        Duration::from_secs(20),
-        &format!("etcd at {endpoint}"),
-        || {
-            let mut c = client.clone();
-            async move { c.get("/", None).await.ok() }
-        },
-    )
-    .await;
 }

@@ -8,10 +8,15 @@
 //! - [`etcd`]: [`Etcd`] (start, stop, restart on the same ports and data) and [`EtcdCluster`]
 //!   (find the leader, kill and restart members).
 //! - [`proxy`]: [`CutProxy`], a loopback TCP proxy whose links can be cut and restored.
-//! - [`process`]: [`bin_path`] and [`Child`], workspace binaries as separate OS processes.
+//! - [`process`]: [`bin_path`], [`Child`] (a process killed on drop, its last lines kept for
+//!   the failure message) and [`start`] (on fresh ports, until up, again on new ports when
+//!   one was taken).
+//! - [`ports`]: loopback ports outside the kernel's ephemeral range, never handed out twice.
 //! - [`router`]: a router in-process on free ports, and records written straight into etcd.
 //! - [`eventually`]: bounded polling for scenario assertions.
 //! - [`rawclient`]: a raw-socket contract-3 client and an in-process gateway, for gateway tests.
+//! - [`scripted`]: a scripted gateway peer that holds ACKs, refuses with `retry_after`,
+//!   kicks or stays silent on demand, for the client-lib contract tests.
 //! - [`client_kit`]: standalone gateway processes, a client preset and event waits for the
 //!   client scenarios.
 //!
@@ -23,14 +28,16 @@ pub mod agent;
 pub mod client_kit;
 pub mod cluster;
 pub mod etcd;
+pub mod ports;
 pub mod process;
 pub mod proxy;
 pub mod rawclient;
 pub mod router;
+pub mod scripted;
 
 pub use cluster::{Cluster, GatewaySpec};
 pub use etcd::{Etcd, EtcdCluster};
-pub use process::{Child, bin_path};
+pub use process::{Child, Launch, bin_path, start};
 pub use proxy::CutProxy;
 
 use std::time::Duration;
@@ -71,10 +78,8 @@ pub fn init_tracing() {
         .try_init();
 }
 
-/// A free loopback port (bound then released; the tiny race is acceptable in tests).
+/// A free loopback port for a child to bind, or to stand for an address nobody listens
+/// on: [`ports::reserve`] (outside the ephemeral range, never handed out twice).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
+    ports::reserve()
 }

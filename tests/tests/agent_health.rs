@@ -22,7 +22,7 @@ async fn probe_failure_marks_unhealthy_in_time_and_recovery_serves_again() {
     let gateway = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = gateway.local_addr().unwrap();
     let probe = format!("tcp://{addr}");
-    let agent = AgentProcess::spawn(
+    let agent = AgentProcess::start(
         &etcd.endpoint(),
         &prefix,
         "gw-probe",
@@ -38,7 +38,8 @@ async fn probe_failure_marks_unhealthy_in_time_and_recovery_serves_again() {
             "--fall",
             "3",
         ],
-    );
+    )
+    .await;
     eventually(WAIT, "serving", || async {
         let (r, _) = record(&client, &prefix, "gw-probe").await?;
         (r.state == GatewayState::Serving).then_some(())
@@ -87,12 +88,13 @@ async fn a_gateway_that_is_down_registers_unhealthy_never_serving() {
     // Watch the key before the agent starts, so the very first version is seen.
     let key = prefix.gateway(&switchyard_registry::GatewayId::new("gw-down").unwrap());
     let mut watch = client.clone().watch(key, None).await.unwrap();
-    let _agent = AgentProcess::spawn(
+    let _agent = AgentProcess::start(
         &etcd.endpoint(),
         &prefix,
         "gw-down",
         &["--probe", &probe, "--probe-interval", "200ms"],
-    );
+    )
+    .await;
     let first = tokio::time::timeout(WAIT, async {
         loop {
             let resp = watch.message().await.unwrap().unwrap();
@@ -123,7 +125,7 @@ async fn connections_are_counted_from_the_kernel_tables() {
         }
     });
     let port_s = port.to_string();
-    let _agent = AgentProcess::spawn(
+    let _agent = AgentProcess::start(
         &etcd.endpoint(),
         &prefix,
         "gw-conns",
@@ -135,7 +137,8 @@ async fn connections_are_counted_from_the_kernel_tables() {
             "--report-delta",
             "0",
         ],
-    );
+    )
+    .await;
     eventually(WAIT, "registered with 0 connections", || async {
         let (r, _) = record(&client, &prefix, "gw-conns").await?;
         (r.load.connections == 0).then_some(())
@@ -200,7 +203,7 @@ async fn hysteresis_bounds_writes_when_steady_and_under_churn() {
     let url = load_server(connections.clone()).await;
     // Capacity 1000 and 2 % delta: a 20-connection band. Writes at most every 300 ms,
     // refresh every 1.5 s.
-    let agent = AgentProcess::spawn(
+    let agent = AgentProcess::start(
         &etcd.endpoint(),
         &prefix,
         "gw-hyst",
@@ -214,7 +217,8 @@ async fn hysteresis_bounds_writes_when_steady_and_under_churn() {
             "--report-max-interval",
             "1500ms",
         ],
-    );
+    )
+    .await;
     let writes = || async { agent.metric("switchyard_agent_record_writes_total").await };
     eventually(WAIT, "load from the URL in the record", || async {
         let (r, _) = record(&client, &prefix, "gw-hyst").await?;

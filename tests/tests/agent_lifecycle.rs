@@ -26,12 +26,13 @@ async fn sigterm_drains_at_once_waits_the_grace_then_revokes_and_exits_0() {
     let etcd = Etcd::start().await;
     let client = etcd.client().await;
     let prefix = unique_prefix();
-    let mut agent = AgentProcess::spawn(
+    let mut agent = AgentProcess::start(
         &etcd.endpoint(),
         &prefix,
         "gw-term",
         &["--drain-grace", "1500ms"],
-    );
+    )
+    .await;
     eventually(WAIT, "serving", || {
         state_is(&client, &prefix, "gw-term", GatewayState::Serving)
     })
@@ -69,12 +70,13 @@ async fn a_second_signal_revokes_and_exits_at_once() {
     let etcd = Etcd::start().await;
     let client = etcd.client().await;
     let prefix = unique_prefix();
-    let mut agent = AgentProcess::spawn(
+    let mut agent = AgentProcess::start(
         &etcd.endpoint(),
         &prefix,
         "gw-int",
         &["--drain-grace", "30s"],
-    );
+    )
+    .await;
     eventually(WAIT, "serving", || {
         state_is(&client, &prefix, "gw-int", GatewayState::Serving)
     })
@@ -104,9 +106,9 @@ async fn ops_drain_and_undrain_through_the_drain_key() {
     let etcd = Etcd::start().await;
     let client = etcd.client().await;
     let prefix = unique_prefix();
-    let _agent = AgentProcess::spawn(&etcd.endpoint(), &prefix, "gw-ops", &[]);
+    let _agent = AgentProcess::start(&etcd.endpoint(), &prefix, "gw-ops", &[]).await;
     // A neighbour whose id extends this one must not be drained with it.
-    let _neighbour = AgentProcess::spawn(&etcd.endpoint(), &prefix, "gw-ops2", &[]);
+    let _neighbour = AgentProcess::start(&etcd.endpoint(), &prefix, "gw-ops2", &[]).await;
     for id in ["gw-ops", "gw-ops2"] {
         eventually(WAIT, "serving", || {
             state_is(&client, &prefix, id, GatewayState::Serving)
@@ -162,7 +164,7 @@ async fn etcd_restart_after_more_than_the_ttl_registers_again_within_2s() {
     init_tracing();
     let mut etcd = Etcd::start().await;
     let prefix = unique_prefix();
-    let mut agent = AgentProcess::spawn(&etcd.endpoint(), &prefix, "gw-restart", &[]);
+    let mut agent = AgentProcess::start(&etcd.endpoint(), &prefix, "gw-restart", &[]).await;
     {
         let client = etcd.client().await;
         eventually(WAIT, "registered", || {
@@ -198,7 +200,7 @@ async fn partition_longer_than_the_ttl_expires_the_key_then_registers_again_with
         .parse()
         .unwrap();
     let proxy = CutProxy::start(target).await;
-    let agent = AgentProcess::spawn(&proxy.endpoint(), &prefix, "gw-cut", &[]);
+    let agent = AgentProcess::start(&proxy.endpoint(), &prefix, "gw-cut", &[]).await;
     let (_, lease) = eventually(WAIT, "registered", || record(&client, &prefix, "gw-cut")).await;
 
     proxy.cut();

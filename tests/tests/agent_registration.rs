@@ -8,7 +8,7 @@ use switchyard_registry::{
     Addrs, DrainRecord, EtcdConfig, GatewayId, GatewayState, LeaseState, fleet,
 };
 use switchyard_tests::agent::{AgentProcess, command, record};
-use switchyard_tests::{Child, Etcd, eventually, init_tracing, unique_prefix};
+use switchyard_tests::{Etcd, eventually, init_tracing, unique_prefix};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -26,14 +26,16 @@ async fn record_appears_with_the_documented_fields_and_a_lease() {
         "region = \"cn-east\"\nzone = \"file-zone\"\nlabel = [\"rack=r1\", \"tier=edge\"]\nweight = 70\n",
     )
     .unwrap();
-    let mut cmd = command(&etcd.endpoint(), &prefix, "gw-fields");
-    cmd.args(["--config", file.to_str().unwrap()])
-        .args(["--ws-addr", "ws://127.0.0.1:7202/ws", "--zone", "sh-a"])
-        .args(["--gateway-version", "1.2.3"])
-        .env("SWITCHYARD_WEIGHT", "80");
-    let http = format!("127.0.0.1:{}", switchyard_tests::free_port());
-    cmd.args(["--http-listen", &http]);
-    let _agent = Child::spawn(cmd, "switchyard-agent");
+    let agent = AgentProcess::start_with(|| {
+        let mut cmd = command(&etcd.endpoint(), &prefix, "gw-fields");
+        cmd.args(["--config", file.to_str().unwrap()])
+            .args(["--ws-addr", "ws://127.0.0.1:7202/ws", "--zone", "sh-a"])
+            .args(["--gateway-version", "1.2.3"])
+            .env("SWITCHYARD_WEIGHT", "80");
+        cmd
+    })
+    .await;
+    let http = agent.http;
 
     let (rec, lease) =
         eventually(WAIT, "the record", || record(&client, &prefix, "gw-fields")).await;
@@ -60,16 +62,14 @@ async fn record_appears_with_the_documented_fields_and_a_lease() {
 
     // Ops endpoint.
     let target =
-        switchyard_gateway_agent::agent::http::Target::parse(&format!("http://{http}/healthz"))
-            .unwrap();
-    let (status, _) = switchyard_gateway_agent::agent::http::get(&target)
+        switchyard_gateway_agent::agent::Target::parse(&format!("http://{http}/healthz")).unwrap();
+    let (status, _) = switchyard_gateway_agent::agent::http_get(&target)
         .await
         .unwrap();
     assert!(status.is_success());
     let metrics =
-        switchyard_gateway_agent::agent::http::Target::parse(&format!("http://{http}/metrics"))
-            .unwrap();
-    let (_, body) = switchyard_gateway_agent::agent::http::get(&metrics)
+        switchyard_gateway_agent::agent::Target::parse(&format!("http://{http}/metrics")).unwrap();
+    let (_, body) = switchyard_gateway_agent::agent::http_get(&metrics)
         .await
         .unwrap();
     let text = String::from_utf8_lossy(&body);
@@ -129,7 +129,8 @@ async fn bad_flags_are_refused_with_a_clear_message() {
         cmd.args(flags).stderr(std::process::Stdio::piped());
         let out = cmd.output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{flags:?}: {stderr}");
+        // A usage error, not a runtime one (docs/operations.md, exit codes).
+        assert_eq!(out.status.code(), Some(2), "{flags:?}: {stderr}");
         assert!(stderr.contains(expect), "{flags:?}: {stderr}");
     }
 }
@@ -140,7 +141,7 @@ async fn duplicate_id_is_refused_and_takeover_replaces_it() {
     let etcd = Etcd::start().await;
     let client = etcd.client().await;
     let prefix = unique_prefix();
-    let mut first = AgentProcess::spawn(&etcd.endpoint(), &prefix, "gw-dup", &[]);
+    let mut first = AgentProcess::start(&etcd.endpoint(), &prefix, "gw-dup", &[]).await;
     let (_, first_lease) = eventually(WAIT, "first registration", || {
         record(&client, &prefix, "gw-dup")
     })
@@ -159,7 +160,7 @@ async fn duplicate_id_is_refused_and_takeover_replaces_it() {
     let (_, lease) = record(&client, &prefix, "gw-dup").await.unwrap();
     assert_eq!(lease, first_lease, "the refused agent changed nothing");
 
-    let _second = AgentProcess::spawn(&etcd.endpoint(), &prefix, "gw-dup", &["--takeover"]);
+    let _second = AgentProcess::start(&etcd.endpoint(), &prefix, "gw-dup", &["--takeover"]).await;
     let second_lease = eventually(WAIT, "takeover", || async {
         let (_, lease) = record(&client, &prefix, "gw-dup").await?;
         (lease != first_lease).then_some(lease)
@@ -178,7 +179,7 @@ async fn sigkill_of_the_agent_removes_the_key_within_ttl_plus_one_second() {
     let etcd = Etcd::start().await;
     let client = etcd.client().await;
     let prefix = unique_prefix();
-    let mut agent = AgentProcess::spawn(&etcd.endpoint(), &prefix, "gw-kill", &[]);
+    let mut agent = AgentProcess::start(&etcd.endpoint(), &prefix, "gw-kill", &[]).await;
     eventually(WAIT, "registration", || record(&client, &prefix, "gw-kill")).await;
     agent.child.kill();
     let killed = Instant::now();

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use switchyard_client::Event;
+use switchyard_client::{DisconnectCause, Event, Setback};
 use switchyard_tests::client_kit::{
     GatewayOpts, GatewayProc, fast_client, wait_connected, wait_event,
 };
@@ -57,9 +57,30 @@ async fn sigkill_of_the_gateway_moves_the_client_to_another() {
             "connected"
         ]
     );
+    // One crash, one cause: a killed gateway is a closed link whatever the timing (EOF or
+    // reset).
+    assert!(
+        matches!(
+            &h[2],
+            Event::Disconnected {
+                cause: DisconnectCause::LinkClosed { .. },
+                ..
+            }
+        ),
+        "{:?}",
+        h[2]
+    );
     match &h[3] {
-        Event::Reconnecting { attempt, delay } => {
+        Event::Reconnecting {
+            attempt,
+            delay,
+            after,
+        } => {
             assert_eq!(*attempt, 1);
+            assert!(matches!(
+                after,
+                Setback::Lost(DisconnectCause::LinkClosed { .. })
+            ));
             assert!(
                 *delay <= Duration::from_millis(100),
                 "first retry within the spread"
@@ -85,12 +106,15 @@ async fn frozen_gateway_is_detected_by_the_heartbeat_and_left() {
     // SIGSTOP: the kernel keeps the socket open and ACKs at TCP level; only PING/PONG tells.
     a.child.signal("STOP");
     let t0 = Instant::now();
-    let i = wait_event(
-        &client,
-        "heartbeat timeout",
-        Duration::from_secs(5),
-        |e| matches!(e, Event::Disconnected { reason } if reason.contains("heartbeat timeout")),
-    )
+    let i = wait_event(&client, "heartbeat timeout", Duration::from_secs(5), |e| {
+        matches!(
+            e,
+            Event::Disconnected {
+                cause: DisconnectCause::HeartbeatTimeout { .. },
+                ..
+            }
+        )
+    })
     .await;
     let detected = t0.elapsed();
     eprintln!("frozen gateway detected after {detected:?} (bound: interval + timeout = 800 ms)");
@@ -235,12 +259,15 @@ async fn network_changed_reconnects_at_once() {
     let before = client.history().len();
     let t0 = Instant::now();
     client.network_changed(Some("cellular".into()));
-    wait_event(
-        &client,
-        "disconnected",
-        Duration::from_secs(2),
-        |e| matches!(e, Event::Disconnected { reason } if reason == "network changed"),
-    )
+    wait_event(&client, "disconnected", Duration::from_secs(2), |e| {
+        matches!(
+            e,
+            Event::Disconnected {
+                cause: DisconnectCause::NetworkChanged,
+                ..
+            }
+        )
+    })
     .await;
     let i = eventually(Duration::from_secs(3), "reconnected", || async {
         let h = client.history();
@@ -313,9 +340,13 @@ async fn drain_with_goaway_moves_every_client_inside_the_window() {
     for (c, _) in &clients {
         let h = c.history();
         assert!(
-            h.iter().any(
-                |e| matches!(e, Event::Disconnected { reason } if reason.starts_with("goaway"))
-            ),
+            h.iter().any(|e| matches!(
+                e,
+                Event::Disconnected {
+                    cause: DisconnectCause::GoAway { .. },
+                    ..
+                }
+            )),
             "{h:?}"
         );
         assert!(!h.iter().any(|e| e.name() == "gave_up"));

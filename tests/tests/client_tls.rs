@@ -5,7 +5,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use switchyard_client::{Error, Gateway, Protocol, tls_from_pem_file};
+use switchyard_client::{
+    Error, FailureKind, Gateway, GaveUp, Protocol, Setback, tls_from_pem_file,
+};
 use switchyard_tests::client_kit::{GatewayOpts, GatewayProc, fast_client};
 use switchyard_tests::init_tracing;
 
@@ -72,8 +74,15 @@ async fn tls_and_wss_links_verify_the_gateway_against_configured_roots() {
         .build()
         .unwrap();
     let err = untrusted.connect().await.unwrap_err();
+    let Error::GaveUp(GaveUp::AttemptLimit {
+        last: Setback::Failed(tried),
+        ..
+    }) = &err
+    else {
+        panic!("{err}");
+    };
     assert!(
-        matches!(&err, Error::GaveUp(r) if r.to_lowercase().contains("certificate")),
+        matches!(&tried[0].kind, FailureKind::Unreachable { detail } if detail.to_lowercase().contains("certificate")),
         "{err}"
     );
 }

@@ -6,14 +6,14 @@
 //! "holder" mode) hold the client ends. Each process stays well under its limit.
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
 use switchyard_proto::wire::Frame;
 use switchyard_tests::rawclient::{Proto, RawClient};
-use switchyard_tests::{Child, bin_path, eventually, free_port};
+use switchyard_tests::{Child, Launch, bin_path, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PER_GATEWAY: usize = 10_000;
@@ -50,29 +50,35 @@ async fn twenty_thousand_idle_connections_are_held() {
         return hold(addr.parse().expect("holder address")).await;
     }
     let start = std::time::Instant::now();
-    let addr = |p: u16| -> SocketAddr { format!("127.0.0.1:{p}").parse().unwrap() };
+    let addr = |p: u16| -> SocketAddr { SocketAddr::from(([127, 0, 0, 1], p)) };
     let mut gateways = Vec::new();
     for i in 0..2 {
-        let (tcp, http) = (addr(free_port()), addr(free_port()));
-        let mut cmd = Command::new(bin_path("switchyard-gateway"));
-        cmd.args(["--no-register", "--id", &format!("gw-idle-{i}")])
-            .args([
-                "--listen",
-                &tcp.to_string(),
-                "--http-listen",
-                &http.to_string(),
-            ])
-            .args(["--capacity", &(PER_GATEWAY + 10).to_string()])
-            // Reaping stays on: idle sessions are timed by the timer wheel, not scanned.
-            .args(["--heartbeat-interval", "30s"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null());
-        let child = Child::spawn(cmd, "switchyard-gateway");
-        eventually(Duration::from_secs(10), "gateway listens", || async {
-            tokio::net::TcpStream::connect(tcp).await.ok()
-        })
-        .await;
-        gateways.push((child, tcp, http));
+        let command = |[tcp, http]: [u16; 2]| {
+            let mut cmd = Command::new(bin_path("switchyard-gateway"));
+            cmd.args(["--no-register", "--id", &format!("gw-idle-{i}")])
+                .args([
+                    "--listen",
+                    &addr(tcp).to_string(),
+                    "--http-listen",
+                    &addr(http).to_string(),
+                ])
+                .args(["--capacity", &(PER_GATEWAY + 10).to_string()])
+                // Reaping stays on: idle sessions are timed by the timer wheel, not scanned.
+                .args(["--heartbeat-interval", "30s"])
+                .env("RUST_LOG", "warn");
+            cmd
+        };
+        let launch = Launch {
+            name: "switchyard-gateway",
+            ready: "gateway listens",
+            limit: Duration::from_secs(10),
+            echo: true,
+        };
+        let ready = |[tcp, _]: [u16; 2]| async move {
+            tokio::net::TcpStream::connect(addr(tcp)).await.ok()
+        };
+        let (child, [tcp, http], _) = switchyard_tests::start(&launch, command, ready).await;
+        gateways.push((child, addr(tcp), addr(http)));
     }
     let exe = std::env::current_exe().unwrap();
     let mut holders = Vec::new();
@@ -84,8 +90,7 @@ async fn twenty_thousand_idle_connections_are_held() {
             "--test-threads",
             "1",
         ])
-        .env(HOLD_ADDR, tcp.to_string())
-        .stdout(Stdio::null());
+        .env(HOLD_ADDR, tcp.to_string());
         holders.push(Child::spawn(cmd, "idle holder"));
     }
     for (_, _, http) in &gateways {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use switchyard_proto::wire::Frame;
 use switchyard_tests::rawclient::{Proto, RawClient};
-use switchyard_tests::{Child, bin_path, eventually, free_port};
+use switchyard_tests::{Child, Launch, bin_path, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const T: Duration = Duration::from_secs(5);
@@ -24,8 +24,7 @@ struct Proc {
 
 /// Starts the gateway with a TOML file for some settings, env for one, flags for the rest.
 async fn start(extra: &[&str]) -> Proc {
-    let addr = |p: u16| -> SocketAddr { format!("127.0.0.1:{p}").parse().unwrap() };
-    let (tcp, ws, http) = (addr(free_port()), addr(free_port()), addr(free_port()));
+    let addr = |p: u16| -> SocketAddr { SocketAddr::from(([127, 0, 0, 1], p)) };
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("gateway.toml");
     std::fs::write(
@@ -33,26 +32,34 @@ async fn start(extra: &[&str]) -> Proc {
         "id = \"gw-proc\"\nheartbeat_interval = \"200ms\"\nidle_timeout = \"30s\"\nmax_frame = 999999\n",
     )
     .unwrap();
-    let mut cmd = Command::new(bin_path("switchyard-gateway"));
-    cmd.args(["--no-register", "--config"])
-        .arg(&file)
-        .args(["--listen", &tcp.to_string(), "--ws-listen", &ws.to_string()])
-        .args(["--http-listen", &http.to_string()])
-        // env beats the file
-        .env("SWITCHYARD_IDLE_TIMEOUT", "900ms")
-        // a flag beats the file
-        .args(["--max-frame", "1024"])
-        .args(extra);
-    let child = Child::spawn(cmd, "switchyard-gateway");
-    eventually(T, "gateway listens", || async {
-        tokio::net::TcpStream::connect(tcp).await.ok()
-    })
-    .await;
+    let command = |[tcp, ws, http]: [u16; 3]| {
+        let mut cmd = Command::new(bin_path("switchyard-gateway"));
+        cmd.args(["--no-register", "--config"])
+            .arg(&file)
+            .args(["--listen", &addr(tcp).to_string()])
+            .args(["--ws-listen", &addr(ws).to_string()])
+            .args(["--http-listen", &addr(http).to_string()])
+            // env beats the file
+            .env("SWITCHYARD_IDLE_TIMEOUT", "900ms")
+            // a flag beats the file
+            .args(["--max-frame", "1024"])
+            .args(extra);
+        cmd
+    };
+    let launch = Launch {
+        name: "switchyard-gateway",
+        ready: "gateway listens",
+        limit: Duration::from_secs(10),
+        echo: true,
+    };
+    let ready =
+        |[tcp, _, _]: [u16; 3]| async move { tokio::net::TcpStream::connect(addr(tcp)).await.ok() };
+    let (child, [tcp, ws, http], _) = switchyard_tests::start(&launch, command, ready).await;
     Proc {
         child,
-        tcp,
-        ws,
-        http,
+        tcp: addr(tcp),
+        ws: addr(ws),
+        http: addr(http),
         _dir: dir,
     }
 }

@@ -10,7 +10,7 @@ use switchyard_proto::wire::Frame;
 use switchyard_registry::{DrainRecord, GatewayId, GatewayState, Prefix, fleet};
 use switchyard_tests::agent::record;
 use switchyard_tests::rawclient::{Proto, RawClient};
-use switchyard_tests::{Child, Etcd, bin_path, eventually, free_port, unique_prefix};
+use switchyard_tests::{Child, Etcd, Launch, bin_path, eventually, start, unique_prefix};
 
 const WAIT: Duration = Duration::from_secs(8);
 
@@ -20,9 +20,8 @@ struct Gw {
     ws: SocketAddr,
 }
 
-fn spawn(etcd: &Etcd, prefix: &Prefix, id: &str) -> Gw {
-    let addr = |p: u16| -> SocketAddr { format!("127.0.0.1:{p}").parse().unwrap() };
-    let (tcp, ws) = (addr(free_port()), addr(free_port()));
+/// The gateway command on the given TCP and WebSocket ports.
+fn command(etcd: &Etcd, prefix: &Prefix, id: &str, tcp: SocketAddr, ws: SocketAddr) -> Command {
     let mut cmd = Command::new(bin_path("switchyard-gateway"));
     cmd.args([
         "--etcd",
@@ -36,10 +35,36 @@ fn spawn(etcd: &Etcd, prefix: &Prefix, id: &str) -> Gw {
     .args(["--region", "r1", "--zone", "z1", "--capacity", "50"])
     .args(["--ttl", "2s", "--report-interval", "100ms"])
     .args(["--drain-window", "1s", "--heartbeat-interval", "10s"]);
+    cmd
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Starts a gateway and waits until it accepts on its TCP port.
+async fn start_gw(etcd: &Etcd, prefix: &Prefix, id: &str) -> Gw {
+    let launch = Launch {
+        name: id,
+        ready: "gateway listens",
+        limit: Duration::from_secs(10),
+        echo: true,
+    };
+    let (child, [tcp, ws], ()) = start(
+        &launch,
+        |[tcp, ws]: [u16; 2]| command(etcd, prefix, id, addr(tcp), addr(ws)),
+        |[tcp, _]: [u16; 2]| async move {
+            tokio::net::TcpStream::connect(addr(tcp))
+                .await
+                .ok()
+                .map(drop)
+        },
+    )
+    .await;
     Gw {
-        child: Child::spawn(cmd, id),
-        tcp,
-        ws,
+        child,
+        tcp: addr(tcp),
+        ws: addr(ws),
     }
 }
 
@@ -61,7 +86,7 @@ async fn registers_reports_sessions_and_sigterm_drains_deregisters_exits_0() {
     let etcd = Etcd::start().await;
     let client = etcd.client().await;
     let prefix = unique_prefix();
-    let mut gw = spawn(&etcd, &prefix, "gw-reg");
+    let mut gw = start_gw(&etcd, &prefix, "gw-reg").await;
     let (rec, _) = eventually(WAIT, "registered", || record(&client, &prefix, "gw-reg")).await;
     assert_eq!(rec.state, GatewayState::Serving);
     assert_eq!(rec.addrs.tcp.as_deref(), Some(gw.tcp.to_string().as_str()));
@@ -104,7 +129,7 @@ async fn an_ops_drain_makes_the_gateway_drain_and_exit() {
     let etcd = Etcd::start().await;
     let client = etcd.client().await;
     let prefix = unique_prefix();
-    let mut gw = spawn(&etcd, &prefix, "gw-ops");
+    let mut gw = start_gw(&etcd, &prefix, "gw-ops").await;
     eventually(WAIT, "serving", || async {
         (state(&client, &prefix, "gw-ops").await?.0 == GatewayState::Serving).then_some(())
     })
@@ -134,12 +159,15 @@ async fn a_live_duplicate_id_is_refused_with_a_clear_error() {
     let etcd = Etcd::start().await;
     let client = etcd.client().await;
     let prefix = unique_prefix();
-    let _first = spawn(&etcd, &prefix, "gw-dup");
+    let _first = start_gw(&etcd, &prefix, "gw-dup").await;
     eventually(WAIT, "registered", || record(&client, &prefix, "gw-dup")).await;
-    let mut second = spawn(&etcd, &prefix, "gw-dup");
-    assert_eq!(
-        second.child.wait_timeout(WAIT),
-        Some(1),
-        "exits with an error"
+    // Not started with `start_gw`: it is meant to exit, so it is never "up".
+    let [tcp, ws] = switchyard_tests::ports::reserve_n();
+    let mut second = Child::spawn(
+        command(&etcd, &prefix, "gw-dup", addr(tcp), addr(ws)),
+        "gw-dup (second)",
     );
+    assert_eq!(second.wait_timeout(WAIT), Some(1), "exits with an error");
+    let output = second.output_tail();
+    assert!(output.contains("already registered"), "{output}");
 }

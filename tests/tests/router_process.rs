@@ -9,7 +9,7 @@ use std::time::Duration;
 use switchyard_proto::v1::RouteRequest;
 use switchyard_proto::v1::router_client::RouterClient;
 use switchyard_tests::router::{http_get, put_record, record};
-use switchyard_tests::{Child, Etcd, bin_path, eventually, free_port, init_tracing, unique_prefix};
+use switchyard_tests::{Etcd, Launch, bin_path, init_tracing, start, unique_prefix};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_serves_grpc_metrics_and_status() {
@@ -39,32 +39,36 @@ zone = "a"
 "#,
     )
     .unwrap();
-    let (grpc_port, http_port) = (free_port(), free_port());
-    let mut cmd = Command::new(bin_path("switchyard-router"));
-    cmd.arg("--config")
-        .arg(&config)
-        .arg("--prefix")
-        .arg(prefix.as_str())
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{grpc_port}"))
-        .arg("--http-listen")
-        .arg(format!("127.0.0.1:{http_port}"))
-        .env("SWITCHYARD_ETCD", etcd.endpoint())
-        .env("SWITCHYARD_LOG_FORMAT", "json")
-        .env("RUST_LOG", "warn");
-    let mut child = Child::spawn(cmd, "switchyard-router");
-    let http = format!("127.0.0.1:{http_port}").parse().unwrap();
-    eventually(
-        Duration::from_secs(15),
-        "router /healthz says ok",
-        || async move {
-            let s = tokio::net::TcpStream::connect(http).await.ok()?;
-            drop(s);
-            let (code, _) = http_get(http, "/healthz").await;
-            (code == 200).then_some(())
-        },
-    )
-    .await;
+    let command = |[grpc_port, http_port]: [u16; 2]| {
+        let mut cmd = Command::new(bin_path("switchyard-router"));
+        cmd.arg("--config")
+            .arg(&config)
+            .arg("--prefix")
+            .arg(prefix.as_str())
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{grpc_port}"))
+            .arg("--http-listen")
+            .arg(format!("127.0.0.1:{http_port}"))
+            .env("SWITCHYARD_ETCD", etcd.endpoint())
+            .env("SWITCHYARD_LOG_FORMAT", "json")
+            .env("RUST_LOG", "warn");
+        cmd
+    };
+    let launch = Launch {
+        name: "switchyard-router",
+        ready: "router /healthz says ok",
+        limit: Duration::from_secs(15),
+        echo: true,
+    };
+    let ready = |[_, http_port]: [u16; 2]| async move {
+        let http = std::net::SocketAddr::from(([127, 0, 0, 1], http_port));
+        let s = tokio::net::TcpStream::connect(http).await.ok()?;
+        drop(s);
+        let (code, _) = http_get(http, "/healthz").await;
+        (code == 200).then_some(())
+    };
+    let (mut child, [grpc_port, http_port], ()) = start(&launch, command, ready).await;
+    let http = std::net::SocketAddr::from(([127, 0, 0, 1], http_port));
 
     let mut c = RouterClient::connect(format!("http://127.0.0.1:{grpc_port}"))
         .await

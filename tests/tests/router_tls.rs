@@ -3,13 +3,38 @@
 //! clients do not; with `--client-ca`, a client certificate from that CA opens the Admin
 //! service without a token, and a certificate from anyone else does not.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use switchyard_proto::v1::admin_client::AdminClient;
 use switchyard_proto::v1::{self as pb, router_client::RouterClient};
-use switchyard_tests::{Child, Etcd, bin_path, eventually, free_port, init_tracing, unique_prefix};
+use switchyard_tests::{
+    Child, Etcd, Launch, bin_path, eventually, init_tracing, start, unique_prefix,
+};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+/// Starts a router with the command `command` builds for its gRPC port, and waits until
+/// that port accepts TCP (the TLS handshake is what the scenarios test).
+async fn start_router(name: &str, mut command: impl FnMut(u16) -> Command) -> (Child, u16) {
+    let launch = Launch {
+        name,
+        ready: "router listens",
+        limit: Duration::from_secs(20),
+        echo: true,
+    };
+    let (child, [port], ()) = start(
+        &launch,
+        |[port]: [u16; 1]| command(port),
+        |[port]: [u16; 1]| async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+                .map(drop)
+        },
+    )
+    .await;
+    (child, port)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_clients_are_served_and_plain_text_is_refused() {
@@ -22,17 +47,18 @@ async fn tls_clients_are_served_and_plain_text_is_refused() {
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
     std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
 
-    let port = free_port();
-    let mut cmd = Command::new(bin_path("switchyard-router"));
-    cmd.args(["--etcd", &etcd.endpoint(), "--prefix", prefix.as_str()])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .arg("--tls-cert")
-        .arg(&cert_path)
-        .arg("--tls-key")
-        .arg(&key_path)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null());
-    let _router = Child::spawn(cmd, "switchyard-router (tls)");
+    let (_router, port) = start_router("switchyard-router (tls)", |port| {
+        let mut cmd = Command::new(bin_path("switchyard-router"));
+        cmd.args(["--etcd", &etcd.endpoint(), "--prefix", prefix.as_str()])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--tls-cert")
+            .arg(&cert_path)
+            .arg("--tls-key")
+            .arg(&key_path)
+            .env("RUST_LOG", "warn");
+        cmd
+    })
+    .await;
 
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(cert.cert.pem()))
@@ -171,19 +197,20 @@ async fn client_certificates_from_the_client_ca_open_admin_and_others_do_not() {
         path("ca.pem", &pki.ca_pem),
     );
 
-    let port = free_port();
-    let mut cmd = Command::new(bin_path("switchyard-router"));
-    cmd.args(["--etcd", &etcd.endpoint(), "--prefix", prefix.as_str()])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .arg("--tls-cert")
-        .arg(&cert)
-        .arg("--tls-key")
-        .arg(&key)
-        .arg("--client-ca")
-        .arg(&ca)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null());
-    let _router = Child::spawn(cmd, "switchyard-router (mtls)");
+    let (_router, port) = start_router("switchyard-router (mtls)", |port| {
+        let mut cmd = Command::new(bin_path("switchyard-router"));
+        cmd.args(["--etcd", &etcd.endpoint(), "--prefix", prefix.as_str()])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--tls-cert")
+            .arg(&cert)
+            .arg("--tls-key")
+            .arg(&key)
+            .arg("--client-ca")
+            .arg(&ca)
+            .env("RUST_LOG", "warn");
+        cmd
+    })
+    .await;
     let url = format!("https://127.0.0.1:{port}");
     let drain_key = format!("{}/drain/gw-mtls", prefix.as_str());
 

@@ -33,7 +33,7 @@ use switchyard_bench::procfs;
 use switchyard_bench::rawconn::{
     self, KIND_HELLO, KIND_PING, KIND_PONG, KIND_WELCOME, PING, read_kind,
 };
-use switchyard_gateway_agent::cli::raise_fd_limit;
+use switchyard_gateway_agent::raise_fd_limit;
 use switchyard_tests::{Child, bin_path, free_port};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -381,7 +381,10 @@ async fn measure(
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(addr).await.is_err() {
         if Instant::now() > deadline || !server.is_running() {
-            bail!("{name} does not listen on {addr}");
+            bail!(
+                "{}",
+                server.report(&format!("{name} does not listen on {addr}"))
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -99,10 +99,8 @@ fn spawn_agent(cluster: &Cluster, id: &str, ttl: Duration) -> Child {
         "--zone",
         "zone-a",
     ])
-    .env("RUST_LOG", "warn")
-    .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::null());
-    Child::spawn(cmd, &format!("switchyard-agent {id}"))
+    .env("RUST_LOG", "warn");
+    Child::spawn_quiet(cmd, &format!("switchyard-agent {id}"))
 }
 
 /// Ids in a `Route` answer for a fixed client, all eligible gateways (limit 16).

@@ -361,11 +361,11 @@ async fn watch_events(track: Arc<Track>, mut events: switchyard_client::Events) 
                 s.gaps.lost(now);
                 s.ended = Some(format!("kicked: {reason}"));
             }
-            Event::GaveUp { reason } => {
+            Event::GaveUp { cause } => {
                 s.gaps.lost(now);
-                s.ended = Some(format!("gave up: {reason}"));
+                s.ended = Some(format!("gave up: {cause}"));
             }
-            Event::Connecting | Event::Reconnecting { .. } => {}
+            _ => {}
         }
     }
 }

@@ -37,7 +37,7 @@ use parking_lot::Mutex;
 use rand::Rng;
 use rand::seq::index::sample;
 use switchyard_bench::rawconn;
-use switchyard_gateway_agent::agent::report::CPU_BAND;
+use switchyard_gateway_agent::agent::CPU_BAND;
 use switchyard_registry::etcd_client::{Client as Etcd, EventType, GetOptions, WatchOptions};
 use switchyard_registry::{GatewayRecord, Prefix};
 use switchyard_tests::{Cluster, GatewaySpec};

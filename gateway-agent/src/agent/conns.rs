@@ -9,7 +9,7 @@ const ESTABLISHED: &str = "01";
 
 /// Counts ESTABLISHED sockets with local port `port` in the text of `/proc/net/tcp` or
 /// `/proc/net/tcp6`. Lines that do not parse (the header, truncated lines) are skipped.
-pub fn count_established(table: &str, port: u16) -> u64 {
+pub(crate) fn count_established(table: &str, port: u16) -> u64 {
     table
         .lines()
         .filter(|line| {
@@ -32,7 +32,7 @@ fn local_port(field: &str) -> Option<u16> {
 }
 
 /// Reads both tables and counts; a missing `tcp6` (IPv6 disabled) counts as empty.
-pub fn count_on_port(port: u16) -> io::Result<u64> {
+pub(crate) fn count_on_port(port: u16) -> io::Result<u64> {
     let v4 = std::fs::read_to_string("/proc/net/tcp")?;
     let v6 = match std::fs::read_to_string("/proc/net/tcp6") {
         Ok(t) => t,

@@ -7,17 +7,17 @@ use std::time::Duration;
 
 /// Busy and total jiffies from the aggregate `cpu` line, and the number of CPUs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Sample {
+pub(crate) struct Sample {
     /// Jiffies not idle or waiting on I/O.
-    pub busy: u64,
+    pub(crate) busy: u64,
     /// All jiffies.
-    pub total: u64,
+    pub(crate) total: u64,
     /// `cpuN` lines: cores the host has.
-    pub cpus: u32,
+    pub(crate) cpus: u32,
 }
 
 /// Parses the text of `/proc/stat`; `None` when there is no aggregate `cpu` line.
-pub fn parse_stat(text: &str) -> Option<Sample> {
+pub(crate) fn parse_stat(text: &str) -> Option<Sample> {
     let mut sample = None;
     let mut cpus = 0;
     for line in text.lines() {
@@ -46,7 +46,7 @@ pub fn parse_stat(text: &str) -> Option<Sample> {
 }
 
 /// Cores in use between two samples (0 when no time passed).
-pub fn cores_between(earlier: &Sample, later: &Sample) -> f64 {
+pub(crate) fn cores_between(earlier: &Sample, later: &Sample) -> f64 {
     let total = later.total.saturating_sub(earlier.total);
     if total == 0 {
         return 0.0;
@@ -56,12 +56,12 @@ pub fn cores_between(earlier: &Sample, later: &Sample) -> f64 {
 }
 
 /// Reads `/proc/stat` now.
-pub fn sample() -> Option<Sample> {
+pub(crate) fn sample() -> Option<Sample> {
     parse_stat(&std::fs::read_to_string("/proc/stat").ok()?)
 }
 
 /// `utime + stime` in clock ticks from the text of `/proc/<pid>/stat` (all threads).
-pub fn process_ticks(stat: &str) -> Option<u64> {
+pub(crate) fn process_ticks(stat: &str) -> Option<u64> {
     // The command name (field 2) is in parentheses and may itself hold spaces or ')':
     // count fields from the last ')'. After it come field 3 (state) onwards, so utime
     // (field 14) and stime (field 15) are the 12th and 13th.
@@ -83,7 +83,7 @@ pub fn process_cpu_time(pid: u32) -> std::io::Result<Duration> {
 
 /// Cores a process used between two readings of its CPU time `wall` apart (0 when no time
 /// passed).
-pub fn process_cores(earlier: Duration, later: Duration, wall: Duration) -> f64 {
+pub(crate) fn process_cores(earlier: Duration, later: Duration, wall: Duration) -> f64 {
     if wall.is_zero() {
         return 0.0;
     }

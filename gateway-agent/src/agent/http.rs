@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http::{Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
+use rustls_pki_types::pem::PemObject;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
@@ -100,7 +101,7 @@ impl Target {
             return Err(err(format!("{} is not an https:// URL", self.host)));
         }
         let pem = std::fs::read(ca).map_err(|e| err(e.to_string()))?;
-        let certs = rustls_pemfile::certs(&mut pem.as_slice())
+        let certs = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| err(e.to_string()))?;
         if certs.is_empty() {

@@ -1,17 +1,28 @@
 //! The gateway agent: registers a gateway in etcd under a lease, keeps its record current
 //! (load, health, drain) and follows ops drains — embedded in a Rust gateway through
-//! [`start`] and the [`Agent`] handle, or run beside any gateway by [`sidecar`].
+//! [`start`] and the [`Agent`] handle (with [`drain_requested`] and [`report_load`]), or
+//! run beside any gateway by [`run_sidecar`].
 //!
 //! The lease itself (keepalive, re-registration after an outage, takeover) is
 //! [`switchyard_registry::LeaseSession`]; this module decides *what* the record says and
-//! *when* it is written ([`report`]).
+//! *when* it is written (the private `report` module).
 
-pub mod conns;
-pub mod cpu;
-pub mod http;
-pub mod probe;
-pub mod report;
-pub mod sidecar;
+mod args;
+mod conns;
+mod cpu;
+mod embed;
+mod http;
+mod probe;
+mod report;
+mod sidecar;
+
+pub use args::{ArgsError, RegistryArgs};
+pub use cpu::process_cpu_time;
+pub use embed::{DrainCause, drain_requested, report_load, stop_signals};
+pub use http::{HttpError, Target, get as http_get};
+pub use probe::{Probe, ProbeError};
+pub use report::CPU_BAND;
+pub use sidecar::{Config as SidecarConfig, Error as SidecarError, run as run_sidecar};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -130,7 +141,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.record(GatewayState::Serving, Load::default(), Utc::now())
             .validate()?;
-        if self.ttl < Duration::from_secs(2) || self.ttl.subsec_nanos() != 0 {
+        if !switchyard_proto::limits::ttl_is_valid(self.ttl) {
             return Err(ConfigError::Ttl(self.ttl));
         }
         if self.report_interval.is_zero() {

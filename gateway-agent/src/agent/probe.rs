@@ -107,7 +107,7 @@ impl Probe {
 /// `fall` consecutive failures make a healthy one unhealthy. The first result decides the
 /// initial verdict, so a gateway that is up registers as serving without waiting.
 #[derive(Debug, Clone)]
-pub struct Health {
+pub(crate) struct Health {
     /// Successes needed to become healthy.
     rise: u32,
     /// Failures needed to become unhealthy.
@@ -120,7 +120,7 @@ pub struct Health {
 
 impl Health {
     /// Thresholds of at least 1.
-    pub fn new(rise: u32, fall: u32) -> Self {
+    pub(crate) fn new(rise: u32, fall: u32) -> Self {
         Self {
             rise: rise.max(1),
             fall: fall.max(1),
@@ -130,7 +130,7 @@ impl Health {
     }
 
     /// Feeds one result; returns the verdict after it.
-    pub fn observe(&mut self, ok: bool) -> bool {
+    pub(crate) fn observe(&mut self, ok: bool) -> bool {
         let Some(healthy) = self.healthy else {
             self.healthy = Some(ok);
             return ok;

@@ -12,26 +12,26 @@ use tokio::time::Instant;
 
 /// What the record would say now.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Observed {
+pub(crate) struct Observed {
     /// Serving, draining or unhealthy, after precedence.
-    pub state: GatewayState,
+    pub(crate) state: GatewayState,
     /// Established client connections.
-    pub connections: u64,
+    pub(crate) connections: u64,
     /// CPU in cores.
-    pub cpu: f64,
+    pub(crate) cpu: f64,
 }
 
 /// The reporting thresholds, from [`crate::agent::Config`].
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Policy {
+pub(crate) struct Policy {
     /// At most one load-driven write per this interval.
-    pub min_interval: Duration,
+    pub(crate) min_interval: Duration,
     /// Connection changes below this many connections are not worth a write.
-    pub connections_band: f64,
+    pub(crate) connections_band: f64,
     /// CPU changes below this many cores are not worth a write.
-    pub cpu_band: f64,
+    pub(crate) cpu_band: f64,
     /// An unchanged record is still written this often.
-    pub max_interval: Duration,
+    pub(crate) max_interval: Duration,
 }
 
 /// CPU moves below a quarter core are noise for routing purposes; without a band an idle
@@ -40,7 +40,12 @@ pub const CPU_BAND: f64 = 0.25;
 
 impl Policy {
     /// The policy for a gateway of `capacity` connections with a `delta` fraction band.
-    pub fn new(min_interval: Duration, delta: f64, capacity: u64, max_interval: Duration) -> Self {
+    pub(crate) fn new(
+        min_interval: Duration,
+        delta: f64,
+        capacity: u64,
+        max_interval: Duration,
+    ) -> Self {
         Self {
             min_interval,
             // A band below one connection would mean "any change", which is what 0 asks for.
@@ -53,7 +58,7 @@ impl Policy {
 
 /// The reporter's verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// Write the record now.
     Write,
     /// Nothing to write; ask again at this instant (or sooner if the inputs change).
@@ -62,7 +67,7 @@ pub enum Decision {
 
 /// Remembers what was last written and when, and applies the [`Policy`].
 #[derive(Debug, Clone)]
-pub struct Reporter {
+pub(crate) struct Reporter {
     /// The thresholds.
     policy: Policy,
     /// What the last successful write said.
@@ -73,7 +78,7 @@ pub struct Reporter {
 
 impl Reporter {
     /// A reporter whose last write (the registration) said `written` at `at`.
-    pub fn new(policy: Policy, written: Observed, at: Instant) -> Self {
+    pub(crate) fn new(policy: Policy, written: Observed, at: Instant) -> Self {
         Self {
             policy,
             last: written,
@@ -82,7 +87,7 @@ impl Reporter {
     }
 
     /// Decides whether `now` the record should be rewritten to say `current`.
-    pub fn decide(&self, now: Instant, current: &Observed) -> Decision {
+    pub(crate) fn decide(&self, now: Instant, current: &Observed) -> Decision {
         if current.state != self.last.state {
             return Decision::Write;
         }
@@ -105,13 +110,13 @@ impl Reporter {
     }
 
     /// Records a successful write.
-    pub fn written(&mut self, what: Observed, at: Instant) {
+    pub(crate) fn written(&mut self, what: Observed, at: Instant) {
         self.last = what;
         self.last_at = at;
     }
 
     /// When the last write happened.
-    pub fn last_at(&self) -> Instant {
+    pub(crate) fn last_at(&self) -> Instant {
         self.last_at
     }
 }

@@ -79,10 +79,10 @@ struct LoadAnswer {
 /// Runs the sidecar: probes once, registers, keeps reporting; on the first message on
 /// `stop` drains (record `draining` at once), waits `drain_grace`, revokes and returns; a
 /// second message during the grace cuts it short.
-pub async fn run(
+pub async fn run<T>(
     mut agent_config: super::Config,
     config: Config,
-    mut stop: mpsc::Receiver<()>,
+    mut stop: mpsc::Receiver<T>,
 ) -> Result<(), Error> {
     // Probe before registering, so a gateway that is down never registers as serving.
     let mut health = Health::new(config.rise, config.fall);
@@ -103,7 +103,7 @@ pub async fn run(
     let mut lease = agent.lease_state();
     let outcome = loop {
         tokio::select! {
-            msg = stop.recv() => break msg,
+            msg = stop.recv() => break msg.map(drop),
             r = lease.changed() => {
                 if r.is_err() { break None; }
                 if let LeaseState::Superseded { by_lease } = *lease.borrow() {

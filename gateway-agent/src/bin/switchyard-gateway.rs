@@ -6,20 +6,25 @@
 //! (`P/drain/<id>`) the record says `draining`, GOAWAYs go out over `--drain-window`, the
 //! rest is closed, the lease revoked, exit 0. A second signal exits at once.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use switchyard_gateway_agent::agent::{self, cpu};
-use switchyard_gateway_agent::cli::{self, LogFormat};
-use switchyard_gateway_agent::gateway::{self, Gateway, Hub, KickPolicy, Listeners};
-use switchyard_registry::{Addrs, EtcdConfig, GatewayId, Prefix};
+use switchyard_gateway_agent::agent::{self, RegistryArgs};
+use switchyard_gateway_agent::gateway::{self, Gateway, KickPolicy, Listeners};
+use switchyard_gateway_agent::{ops_router, raise_fd_limit, serve_ops};
+use switchyard_proto::limits::DEFAULT_MAX_FRAME;
+use switchyard_registry::Addrs;
+use switchyard_registry::cli;
+use switchyard_registry::telemetry::{self, LogFormat};
 use tokio::net::TcpListener;
-use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
+
+/// Name in error lines.
+const BIN: &str = "switchyard-gateway";
 
 /// The reference gateway.
 #[derive(Debug, Parser)]
@@ -28,15 +33,9 @@ struct Flags {
     /// TOML file with any of these flags as keys (flags and env win).
     #[arg(long, env = "SWITCHYARD_CONFIG")]
     config: Option<PathBuf>,
-    /// etcd endpoints, comma-separated.
-    #[arg(long, env = "SWITCHYARD_ETCD", default_value = "http://127.0.0.1:2379")]
-    etcd: String,
-    /// Registry prefix in etcd.
-    #[arg(long, env = "SWITCHYARD_PREFIX", default_value = "/switchyard")]
-    prefix: String,
-    /// Gateway id (registry key; sent in WELCOME).
-    #[arg(long, env = "SWITCHYARD_ID")]
-    id: String,
+    /// Registry connection and the record's identity, locality and reporting.
+    #[command(flatten)]
+    registry: RegistryArgs,
     /// TCP listen address.
     #[arg(long, env = "SWITCHYARD_LISTEN", default_value = "127.0.0.1:7200")]
     listen: SocketAddr,
@@ -49,30 +48,9 @@ struct Flags {
     /// WebSocket URL registered (default: ws[s]://<ws-listen>/ws when concrete).
     #[arg(long, env = "SWITCHYARD_WS_ADVERTISE")]
     ws_advertise: Option<String>,
-    /// Region registered.
-    #[arg(long, env = "SWITCHYARD_REGION", default_value = "")]
-    region: String,
-    /// Zone registered.
-    #[arg(long, env = "SWITCHYARD_ZONE", default_value = "")]
-    zone: String,
     /// Session limit (registered as capacity); more logins get REJECT{OVERLOADED}.
     #[arg(long, env = "SWITCHYARD_CAPACITY", default_value_t = 100_000)]
     capacity: u64,
-    /// Relative weight registered (1–10000).
-    #[arg(long, env = "SWITCHYARD_WEIGHT", default_value_t = 100)]
-    weight: u32,
-    /// Label `key=value` registered (repeat, or comma-separated in the env variable).
-    #[arg(long, env = "SWITCHYARD_LABEL", value_delimiter = ',')]
-    label: Vec<String>,
-    /// Lease TTL (whole seconds, at least 2s).
-    #[arg(long, env = "SWITCHYARD_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
-    ttl: Duration,
-    /// At most one load-driven record write per this interval.
-    #[arg(long, env = "SWITCHYARD_REPORT_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
-    report_interval: Duration,
-    /// Replace a live agent registered under the same id.
-    #[arg(long, env = "SWITCHYARD_TAKEOVER")]
-    takeover: bool,
     /// Run without etcd (no registration, no ops drain).
     #[arg(long, env = "SWITCHYARD_NO_REGISTER")]
     no_register: bool,
@@ -98,7 +76,7 @@ struct Flags {
     #[arg(long, env = "SWITCHYARD_SEND_QUEUE", default_value_t = 256)]
     send_queue: usize,
     /// Largest frame in bytes (the length field).
-    #[arg(long, env = "SWITCHYARD_MAX_FRAME", default_value_t = 64 * 1024)]
+    #[arg(long, env = "SWITCHYARD_MAX_FRAME", default_value_t = DEFAULT_MAX_FRAME)]
     max_frame: usize,
     /// GOAWAYs are spread evenly over this window on drain.
     #[arg(long, env = "SWITCHYARD_DRAIN_WINDOW", default_value = "30s", value_parser = humantime::parse_duration)]
@@ -125,7 +103,7 @@ struct Flags {
 
 impl Flags {
     fn gateway(&self) -> anyhow::Result<gateway::Config> {
-        let mut c = gateway::Config::new(self.id.clone());
+        let mut c = gateway::Config::new(self.registry.id.clone());
         c.hello_timeout = self.hello_timeout;
         c.heartbeat_interval = self.heartbeat_interval;
         c.idle_timeout = self
@@ -168,112 +146,54 @@ impl Flags {
         };
         Ok(Addrs { tcp, ws })
     }
+}
 
-    fn agent(&self, addrs: Addrs) -> anyhow::Result<agent::Config> {
-        let mut labels = BTreeMap::new();
-        for l in &self.label {
-            let Some((k, v)) = l.split_once('=') else {
-                bail!("label {l:?} is not key=value");
-            };
-            labels.insert(k.to_owned(), v.to_owned());
-        }
-        let mut a = agent::Config::new(
-            EtcdConfig::new(&[&self.etcd])?,
-            Prefix::new(&self.prefix)?,
-            GatewayId::new(&self.id)?,
-            addrs,
-            self.capacity,
-        )?;
-        a.region.clone_from(&self.region);
-        a.zone.clone_from(&self.zone);
-        a.weight = self.weight;
-        a.labels = labels;
-        a.ttl = self.ttl;
-        a.report_interval = self.report_interval;
-        a.takeover = self.takeover;
-        a.validate()?;
-        Ok(a)
+/// Everything the flags say, validated before anything is bound or connected.
+struct Settings {
+    /// The gateway server's configuration.
+    gateway: gateway::Config,
+    /// The embedded agent's, `None` with `--no-register`; its addresses are filled in once
+    /// the listeners are bound (a port 0 becomes a real port).
+    agent: Option<agent::Config>,
+}
+
+impl Flags {
+    /// Any error here is a usage error (exit 2).
+    fn settings(&self) -> anyhow::Result<Settings> {
+        let gateway = self.gateway().context("invalid gateway settings")?;
+        let agent = if self.no_register {
+            None
+        } else {
+            let addrs = self.addrs(self.listen, self.ws_listen)?;
+            Some(self.registry.config(addrs, self.capacity)?)
+        };
+        Ok(Settings { gateway, agent })
     }
 }
 
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
+async fn main() -> ExitCode {
     let flags: Flags = cli::parse();
-    cli::init_logging(flags.log_format);
-    match run(flags).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+    telemetry::init_logging(flags.log_format);
+    let settings = match flags.settings() {
+        Ok(s) => s,
+        Err(e) => return cli::fail(BIN, cli::EXIT_USAGE, &format_args!("{e:#}")),
+    };
+    match run(flags, settings).await {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            cli::fail(BIN, cli::EXIT_RUNTIME, &format_args!("{e:#}"))
         }
     }
 }
 
-/// Why the drain started.
-async fn drain_trigger(agent: Option<&agent::Agent>) -> &'static str {
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        warn!("cannot install signal handlers");
-        return std::future::pending().await;
-    };
-    let ops = async {
-        match agent {
-            Some(a) => {
-                let mut rx = a.ops_drain();
-                // Only an error (agent gone) ends this without a drain record.
-                if rx.wait_for(Option::is_some).await.is_err() {
-                    std::future::pending::<()>().await;
-                }
-            }
-            None => std::future::pending().await,
-        }
-    };
-    let why = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-        () = ops => "ops drain",
-    };
-    // A second signal exits at once, whatever the drain is doing.
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        warn!("second signal: exiting now");
-        std::process::exit(1);
-    });
-    why
-}
-
-/// Feeds the live session count and the process's CPU to the agent (no probe: the count
-/// is read straight from the hub; the agent's reporting policy decides when to write).
-async fn report_load(hub: Hub, agent: agent::Agent) {
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    let me = std::process::id();
-    let mut last_cpu = cpu::process_cpu_time(me).ok();
-    let mut last_cpu_at = tokio::time::Instant::now();
-    loop {
-        tick.tick().await;
-        agent.set_connections(hub.connections() as u64);
-        if last_cpu_at.elapsed() >= Duration::from_secs(1) {
-            // Its own CPU, not the host's: other work on the host must not rewrite this
-            // gateway's record (each change past the report delta is an etcd write).
-            let now = cpu::process_cpu_time(me).ok();
-            if let (Some(a), Some(b)) = (last_cpu, now) {
-                agent.set_cpu(cpu::process_cores(a, b, last_cpu_at.elapsed()));
-            }
-            last_cpu = now;
-            last_cpu_at = tokio::time::Instant::now();
-        }
-    }
-}
-
-async fn run(flags: Flags) -> anyhow::Result<()> {
-    let config = flags.gateway().context("invalid gateway settings")?;
-    match cli::raise_fd_limit() {
+async fn run(flags: Flags, settings: Settings) -> anyhow::Result<()> {
+    let Settings {
+        gateway: config,
+        agent: agent_config,
+    } = settings;
+    match raise_fd_limit() {
         // Listeners, etcd and the ops endpoint need a few descriptors of their own.
         Ok(Some(n)) if n < config.capacity + 64 => warn!(
             limit = n,
@@ -283,15 +203,15 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         Ok(limit) => info!(?limit, "open-file limit"),
         Err(e) => warn!(error = %e, "cannot raise the open-file limit"),
     }
-    let metrics = cli::install_metrics().context("installing the metrics recorder")?;
+    let metrics = telemetry::install_metrics(&[]).context("installing the metrics recorder")?;
     if let Some(addr) = flags.http_listen {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding --http-listen {addr}"))?;
         info!(addr = %listener.local_addr()?, "serving /metrics and /healthz");
-        tokio::spawn(cli::serve(
+        tokio::spawn(serve_ops(
             listener,
-            cli::ops_router(metrics),
+            ops_router(metrics),
             std::future::pending(),
         ));
     }
@@ -311,22 +231,25 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
 
     let gw = Gateway::new(config)?;
     let hub = gw.hub();
-    let agent = if flags.no_register {
-        None
-    } else {
-        let a = agent::start(flags.agent(flags.addrs(tcp_addr, ws_addr)?)?)
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!("registering in etcd (use --no-register to run without etcd): {e}")
-            })?;
-        tokio::spawn(report_load(hub.clone(), a.clone()));
+    let agent = if let Some(mut agent_config) = agent_config {
+        agent_config.addrs = flags.addrs(tcp_addr, ws_addr)?;
+        let a = agent::start(agent_config).await.map_err(|e| {
+            anyhow::anyhow!("registering in etcd (use --no-register to run without etcd): {e}")
+        })?;
+        let hub = hub.clone();
+        agent::report_load(a.clone(), move || hub.connections() as u64);
         Some(a)
+    } else {
+        None
     };
-    info!(id = %flags.id, tcp = %tcp_addr, ws = ?ws_addr, registered = agent.is_some(), "gateway listening");
+    info!(id = %flags.registry.id, tcp = %tcp_addr, ws = ?ws_addr, registered = agent.is_some(), "gateway listening");
 
     let shutdown = async {
-        let why = drain_trigger(agent.as_ref()).await;
-        info!(why, "draining (a second signal exits at once)");
+        let why = agent::drain_requested(agent.as_ref()).await;
+        info!(
+            why = why.as_str(),
+            "draining (a second signal exits at once)"
+        );
         if let Some(a) = &agent {
             a.drain().await;
         }

@@ -2,10 +2,8 @@
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use switchyard_proto::limits::MAX_CLIENT_ID;
 use switchyard_proto::v1;
-
-/// Longest accepted `client_id`, in bytes (the router's limit too).
-pub const MAX_CLIENT_ID: usize = 256;
 
 /// Why a HELLO is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

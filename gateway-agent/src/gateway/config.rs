@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchyard_proto::wire::{DEFAULT_MAX_FRAME, MAX_PING_PAYLOAD};
+use rustls_pki_types::pem::{self, PemObject};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use switchyard_proto::limits::{DEFAULT_MAX_FRAME, MAX_PING_PAYLOAD};
 
 /// What happens when a `client_id` that already has a session logs in again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -180,7 +182,7 @@ pub fn load_tls(
     };
     let cert_pem = read(cert)?;
     let key_pem = read(key)?;
-    let certs = rustls_pemfile::certs(&mut &cert_pem[..])
+    let certs = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ConfigError::Tls(format!("{}: {e}", cert.display())))?;
     if certs.is_empty() {
@@ -189,16 +191,17 @@ pub fn load_tls(
             cert.display()
         )));
     }
-    let key = rustls_pemfile::private_key(&mut &key_pem[..])
-        .map_err(|e| ConfigError::Tls(format!("{}: {e}", key.display())))?
-        .ok_or_else(|| ConfigError::Tls(format!("{}: no private key", key.display())))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
+        pem::Error::NoItemsFound => ConfigError::Tls(format!("{}: no private key", key.display())),
+        e => ConfigError::Tls(format!("{}: {e}", key.display())),
+    })?;
     tls_from_der(certs, key)
 }
 
 /// A rustls server config from DER parts (what tests generate in memory).
 pub fn tls_from_der(
-    certs: Vec<rustls_pki_types::CertificateDer<'static>>,
-    key: rustls_pki_types::PrivateKeyDer<'static>,
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
 ) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)

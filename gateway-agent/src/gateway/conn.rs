@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use switchyard_proto::limits::MAX_SESSION_ID;
 use switchyard_proto::v1;
 use switchyard_proto::wire::Frame;
 use tokio::net::TcpStream;
@@ -25,9 +26,6 @@ use super::transport::{BoxIo, Incoming, RecvError, Transport};
 
 /// How long a closing connection waits for the client to read the last frame and hang up.
 const LINGER: Duration = Duration::from_secs(1);
-
-/// Longest client-chosen session id kept on resume; longer ones get a fresh id.
-const MAX_SESSION_ID: usize = 64;
 
 fn closed(reason: &'static str) {
     metrics::counter!("switchyard_gateway_closed_total", "reason" => reason).increment(1);
@@ -96,8 +94,13 @@ pub(crate) async fn serve_io(io: BoxIo, peer: SocketAddr, websocket: bool, share
                 return closed("hello_timeout");
             }
             Ok(Ok(Incoming::Frame(Frame::Hello(h)))) => break h,
+            // The pong answer waits on the client reading it: a client that pings and never
+            // reads would park this flush forever, so it runs under the HELLO deadline too.
             Ok(Ok(Incoming::Control)) => {
-                let _ = transport.flush().await;
+                if timeout_at(deadline, transport.flush()).await.is_err() {
+                    debug!(%peer, "no HELLO in time (pongs unread)");
+                    return closed("hello_timeout");
+                }
             }
             Ok(Ok(Incoming::Closed)) => return closed("client_closed"),
             Ok(Ok(Incoming::Frame(other))) => {
@@ -118,6 +121,7 @@ pub(crate) async fn serve_io(io: BoxIo, peer: SocketAddr, websocket: bool, share
         return Box::pin(reject(transport, code, e.to_string(), 0, &shared)).await;
     }
 
+    // A longer client-chosen id gets a fresh one rather than a refusal.
     let session_id = if !hello.session_id.is_empty() && hello.session_id.len() <= MAX_SESSION_ID {
         hello.session_id.clone()
     } else {
@@ -400,6 +404,35 @@ mod tests {
         assert!(c.next().await.is_none(), "closed without a frame");
         assert_eq!(start.elapsed(), Duration::from_secs(10));
         task.await.unwrap();
+    }
+
+    /// Over WebSocket, a client that sends pings before HELLO and never reads fills the
+    /// socket with pong answers; the HELLO deadline must still close it on time.
+    #[tokio::test(start_paused = true)]
+    async fn hello_deadline_holds_against_pings_never_read() {
+        use tokio_tungstenite::tungstenite::Message;
+        let mut cfg = Config::new("gw");
+        cfg.hello_timeout = Duration::from_secs(10);
+        let sh = shared(cfg);
+        // A small pipe fills after a few dozen pongs.
+        let (client, server) = tokio::io::duplex(4096);
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let task = tokio::spawn(serve_io(Box::new(server), peer, true, sh));
+        let start = Instant::now();
+        let (ws, _) = tokio_tungstenite::client_async("ws://gw/ws", client)
+            .await
+            .unwrap();
+        let (mut tx, _never_read) = ws.split();
+        let pinger = tokio::spawn(async move {
+            let ping = Bytes::from(vec![0u8; 125]);
+            while tx.send(Message::Ping(ping.clone())).await.is_ok() {}
+        });
+        tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .expect("the connection outlived its HELLO deadline")
+            .unwrap();
+        assert_eq!(start.elapsed(), Duration::from_secs(10));
+        pinger.abort();
     }
 
     /// Every connection's task holds this future for its whole life; the cold paths are

@@ -20,7 +20,7 @@ mod session;
 mod transport;
 
 pub use app::{App, AppError, Echo};
-pub use auth::{AcceptAny, Auth, AuthError, HmacAuth, MAX_CLIENT_ID};
+pub use auth::{AcceptAny, Auth, AuthError, HmacAuth};
 pub use config::{Config, ConfigError, KickPolicy, default_idle_timeout, load_tls, tls_from_der};
 pub use hub::{Broadcast, Hub, PushError, SessionHandle};
 

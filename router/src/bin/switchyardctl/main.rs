@@ -2,16 +2,24 @@
 //! undrain gateways, and watch the fleet live.
 //!
 //! Talks to a router's gRPC API (`--router`); `gateways` falls back to reading etcd directly
-//! (`--etcd`) when no router answers. Errors say what failed and what to check.
+//! (`--etcd`) when no router answers. Errors say what failed and what to check. Like every
+//! Switchyard binary it reads `SWITCHYARD_<FLAG>` and a TOML `--config` file, and exits 2
+//! on a usage error, 1 when the command fails.
 
 mod output;
 mod top;
 
 use std::time::Duration;
 
+use std::path::PathBuf;
+use std::process::ExitCode;
+
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use switchyard_proto::v1::{self as pb, admin_client::AdminClient, router_client::RouterClient};
+use switchyard_registry::cli::{
+    EXIT_RUNTIME, EXIT_USAGE, EtcdArgs, fail, given, parse_with_matches,
+};
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
@@ -19,6 +27,9 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 #[derive(Debug, Parser)]
 #[command(name = "switchyardctl", version, about)]
 struct Cli {
+    /// TOML file with any of the global flags as keys (flags and env win).
+    #[arg(long, env = "SWITCHYARD_CONFIG")]
+    config: Option<PathBuf>,
     /// Router gRPC address.
     #[arg(
         long,
@@ -38,22 +49,19 @@ struct Cli {
     /// CA certificate (PEM) to trust for an https:// router.
     #[arg(long, env = "SWITCHYARD_CA_CERT", global = true)]
     ca_cert: Option<std::path::PathBuf>,
-    /// etcd endpoints, used by `gateways` when no router answers.
-    #[arg(long, env = "SWITCHYARD_ETCD", global = true, value_delimiter = ',')]
-    etcd: Vec<String>,
-    /// Registry prefix in etcd (with --etcd).
-    #[arg(
-        long,
-        env = "SWITCHYARD_PREFIX",
-        default_value = "/switchyard",
-        global = true
-    )]
-    prefix: String,
+    /// The registry, read by `gateways` when no router answers and `--etcd` (or its env
+    /// variable, or the config file) names it.
+    #[command(flatten)]
+    registry: EtcdArgs,
+    /// Whether etcd was named rather than left at its default: only then does `gateways`
+    /// fall back to it.
+    #[arg(skip)]
+    etcd_given: bool,
     /// Output format.
-    #[arg(long, value_enum, default_value_t = Format::Table, global = true)]
+    #[arg(long, env = "SWITCHYARD_OUTPUT", value_enum, default_value_t = Format::Table, global = true)]
     output: Format,
     /// Give up on a router call after this long.
-    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration, global = true)]
+    #[arg(long, env = "SWITCHYARD_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration, global = true)]
     timeout: Duration,
     #[command(subcommand)]
     command: Command,
@@ -112,12 +120,36 @@ enum Command {
     },
 }
 
+/// Name in error lines.
+const BIN: &str = "switchyardctl";
+
+impl Cli {
+    /// What can be refused before talking to anyone (exit 2).
+    fn check(&self) -> Result<()> {
+        Endpoint::from_shared(self.router.clone()).with_context(|| {
+            format!(
+                "--router {:?} is not a URL like http://127.0.0.1:7100",
+                self.router
+            )
+        })?;
+        if self.etcd_given {
+            self.registry.etcd_config()?;
+            self.registry.prefix()?;
+        }
+        Ok(())
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
-async fn main() {
-    let cli = Cli::parse();
-    if let Err(e) = run(cli).await {
-        eprintln!("switchyardctl: {e:#}");
-        std::process::exit(1);
+async fn main() -> ExitCode {
+    let (mut cli, matches) = parse_with_matches::<Cli>();
+    cli.etcd_given = given(&matches, "etcd");
+    if let Err(e) = cli.check() {
+        return fail(BIN, EXIT_USAGE, &format_args!("{e:#}"));
+    }
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(BIN, EXIT_RUNTIME, &format_args!("{e:#}")),
     }
 }
 
@@ -238,7 +270,7 @@ async fn gateways(cli: &Cli) -> Result<()> {
             output::gateways(&resp, "router", cli.output);
             Ok(())
         }
-        Err(e) if !cli.etcd.is_empty() => {
+        Err(e) if cli.etcd_given => {
             eprintln!("switchyardctl: {e:#}; reading etcd directly");
             let resp = from_etcd(cli).await?;
             output::gateways(&resp, "etcd", cli.output);
@@ -252,9 +284,9 @@ async fn gateways(cli: &Cli) -> Result<()> {
 
 /// The registry read straight from etcd, shaped like a router's answer.
 async fn from_etcd(cli: &Cli) -> Result<pb::ListGatewaysResponse> {
-    use switchyard_registry::{EtcdConfig, Prefix, fleet};
-    let prefix = Prefix::new(cli.prefix.clone())?;
-    let client = EtcdConfig::new(&cli.etcd)?.connect().await?;
+    use switchyard_registry::fleet;
+    let prefix = cli.registry.prefix()?;
+    let client = cli.registry.etcd_config()?.connect().await?;
     let snap = tokio::time::timeout(cli.timeout, fleet::load(&client, &prefix))
         .await
         .context("etcd did not answer in time: check --etcd and that etcd is running")?

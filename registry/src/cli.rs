@@ -1,24 +1,72 @@
-//! Helpers shared by the binaries: flags merged with a TOML `--config` file (flags and
-//! `SWITCHYARD_*` env override the file), logging setup, and the ops HTTP endpoint
-//! (`/metrics`, `/healthz`).
+//! What every Switchyard binary's command line shares (DESIGN contract 4): the etcd
+//! connection flags ([`EtcdArgs`], flattened into each binary's flags), flags merged with a
+//! TOML `--config` file (flags and `SWITCHYARD_*` env override the file), and the exit
+//! codes.
+//!
+//! Exit codes, the same for every binary: [`EXIT_USAGE`] (2) for a bad flag, file or
+//! value — fix the command line and retry — and [`EXIT_RUNTIME`] (1) for a failure while
+//! running (etcd unreachable, port taken, lease lost).
 
 use std::ffi::OsString;
+use std::fmt::Display;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
-use axum::Router;
-use axum::routing::get;
 use clap::parser::ValueSource;
-use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, ValueEnum};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use clap::{ArgAction, ArgMatches, CommandFactory, FromArgMatches, Parser};
 
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Text,
-    /// One JSON object per line, for log shippers.
-    Json,
+use crate::{ConnectError, EtcdConfig, KeyError, Prefix};
+
+/// Exit status for a usage or configuration error: a bad flag, config file or value. The
+/// same as clap's own, so a script can tell "fix the command" from "it failed".
+pub const EXIT_USAGE: u8 = 2;
+
+/// Exit status for a failure at run time (etcd unreachable, a port taken, a lost lease).
+pub const EXIT_RUNTIME: u8 = 1;
+
+/// Prints `<bin>: error: <err>` to stderr and returns the exit code for it; `main`
+/// returns the code, so destructors (child processes, the lease) still run.
+pub fn fail(bin: &str, code: u8, err: &dyn Display) -> ExitCode {
+    eprintln!("{bin}: error: {err}");
+    ExitCode::from(code)
+}
+
+/// The etcd connection, the same flags for every binary that talks to the registry
+/// (`#[command(flatten)]`), so a flag added here (TLS, auth) reaches all of them.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EtcdArgs {
+    /// etcd endpoints, comma-separated.
+    #[arg(
+        long,
+        env = "SWITCHYARD_ETCD",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
+    pub etcd: Vec<String>,
+    /// Registry prefix in etcd.
+    #[arg(long, env = "SWITCHYARD_PREFIX", default_value = "/switchyard")]
+    pub prefix: String,
+}
+
+impl EtcdArgs {
+    /// The validated etcd client settings.
+    pub fn etcd_config(&self) -> Result<EtcdConfig, ConnectError> {
+        EtcdConfig::new(&self.etcd)
+    }
+
+    /// The validated registry prefix.
+    pub fn prefix(&self) -> Result<Prefix, KeyError> {
+        Prefix::new(self.prefix.clone())
+    }
+}
+
+/// True when the argument `id` was given on the command line, in its environment variable
+/// or in the `--config` file, rather than left at its default.
+pub fn given(matches: &ArgMatches, id: &str) -> bool {
+    matches!(
+        matches.value_source(id),
+        Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+    )
 }
 
 /// Why the configuration file could not be used.
@@ -63,14 +111,21 @@ pub enum ConfigFileError {
 
 /// Parses the process's arguments like [`Parser::parse`], merging the TOML file named by a
 /// `--config` flag (the struct must have a `config: Option<PathBuf>` field). Exits with a
-/// usage message on errors.
+/// usage message and [`EXIT_USAGE`] on errors (`--help` and `--version` exit 0).
 pub fn parse<T: Parser>() -> T {
-    match parse_from(std::env::args_os()) {
+    parse_with_matches().0
+}
+
+/// [`parse`], also returning the matches so a binary can ask which values were [`given`].
+pub fn parse_with_matches<T: Parser>() -> (T, ArgMatches) {
+    let parsed =
+        matches_from::<T, _>(std::env::args_os()).and_then(|m| Ok((T::from_arg_matches(&m)?, m)));
+    match parsed {
         Ok(t) => t,
         Err(ConfigFileError::Clap(e)) => e.exit(),
         Err(e) => {
             eprintln!("error: {e}");
-            std::process::exit(2);
+            std::process::exit(i32::from(EXIT_USAGE));
         }
     }
 }
@@ -85,6 +140,16 @@ where
     I: IntoIterator,
     I::Item: Into<OsString>,
 {
+    Ok(T::from_arg_matches(&matches_from::<T, I>(args)?)?)
+}
+
+/// The matches of [`parse_from`].
+fn matches_from<T, I>(args: I) -> Result<ArgMatches, ConfigFileError>
+where
+    T: CommandFactory,
+    I: IntoIterator,
+    I::Item: Into<OsString>,
+{
     let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
     let cmd = T::command();
     // First pass only to find --config and where each value came from; required flags may
@@ -95,8 +160,7 @@ where
         .ok()
         .and_then(|m| m.try_get_one::<PathBuf>("config").ok().flatten().cloned());
     let (Some(path), Ok(first)) = (path, first) else {
-        let m = cmd.try_get_matches_from(args)?;
-        return Ok(T::from_arg_matches(&m)?);
+        return Ok(cmd.try_get_matches_from(args)?);
     };
     let text = std::fs::read_to_string(&path).map_err(|source| ConfigFileError::Read {
         path: path.clone(),
@@ -150,8 +214,7 @@ where
     merged.extend(args.first().cloned());
     merged.extend(from_file);
     merged.extend(args.into_iter().skip(1));
-    let m = cmd.try_get_matches_from(merged)?;
-    Ok(T::from_arg_matches(&m)?)
+    Ok(cmd.try_get_matches_from(merged)?)
 }
 
 fn scalar(v: &toml::Value) -> Option<String> {
@@ -164,79 +227,10 @@ fn scalar(v: &toml::Value) -> Option<String> {
     }
 }
 
-/// Installs the tracing subscriber; `RUST_LOG` filters (default `info`).
-pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,h2=warn,tower=warn,hyper=warn".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
-/// Installs the Prometheus recorder for the `metrics` facade.
-pub fn install_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
-    PrometheusBuilder::new().install_recorder()
-}
-
-/// `/metrics` (Prometheus text) and `/healthz`; merge more routes into it as needed.
-pub fn ops_router(handle: PrometheusHandle) -> Router {
-    Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let handle = handle.clone();
-                async move { handle.render() }
-            }),
-        )
-        .route("/healthz", get(|| async { "ok\n" }))
-}
-
-/// Raises the soft open-file limit to the hard one and returns the limit now in force
-/// (`None` = unlimited). Every connection costs a descriptor, and the usual soft default
-/// (1 024; systemd gives services 1 024 soft under a 512 K hard limit) would refuse
-/// logins long before `--capacity`; Go's runtime does the same at start-up.
-pub fn raise_fd_limit() -> std::io::Result<Option<u64>> {
-    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    let now = getrlimit(Resource::Nofile);
-    if now.current != now.maximum {
-        setrlimit(
-            Resource::Nofile,
-            Rlimit {
-                current: now.maximum,
-                maximum: now.maximum,
-            },
-        )?;
-    }
-    Ok(getrlimit(Resource::Nofile).current)
-}
-
-/// Serves `router` on an already-bound listener until `shutdown` completes.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Write;
-
-    #[test]
-    fn fd_limit_is_raised_to_the_hard_limit() {
-        let limit = raise_fd_limit().expect("raising within the hard limit is allowed");
-        let now = rustix::process::getrlimit(rustix::process::Resource::Nofile);
-        assert_eq!(limit, now.maximum);
-        assert_eq!(now.current, now.maximum);
-    }
 
     #[derive(Debug, Parser)]
     struct Flags {
@@ -273,6 +267,34 @@ mod tests {
                 let _ = std::fs::remove_file(&self.0);
             }
         }
+    }
+
+    #[derive(Debug, Parser)]
+    struct WithEtcd {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        registry: EtcdArgs,
+    }
+
+    #[test]
+    fn etcd_args_flatten_and_given_tells_values_from_defaults() {
+        let m = matches_from::<WithEtcd, _>(["prog"]).unwrap();
+        let a = WithEtcd::from_arg_matches(&m).unwrap();
+        assert_eq!(a.registry.etcd, ["http://127.0.0.1:2379"]);
+        assert!(!given(&m, "etcd"), "a default is not given");
+        let f = file("etcd = \"http://10.0.0.1:2379,http://10.0.0.2:2379\"\n");
+        let m = matches_from::<WithEtcd, _>(["prog", "--config", f.0.to_str().unwrap()]).unwrap();
+        assert!(given(&m, "etcd"), "a file value is given");
+        assert!(!given(&m, "prefix"));
+        let a = WithEtcd::from_arg_matches(&m).unwrap();
+        assert_eq!(a.registry.etcd.len(), 2);
+        assert!(a.registry.etcd_config().is_ok());
+        assert_eq!(a.registry.prefix().unwrap().as_str(), "/switchyard");
+        let m = matches_from::<WithEtcd, _>(["prog", "--prefix", "nope"]).unwrap();
+        let a = WithEtcd::from_arg_matches(&m).unwrap();
+        assert!(given(&m, "prefix"));
+        assert!(a.registry.prefix().is_err(), "validated on use");
     }
 
     #[test]
