@@ -11,10 +11,10 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
 use ipnet::IpNet;
+use serde::Deserialize;
 use switchyard_registry::EtcdConfig;
 use switchyard_registry::cli::{self, EtcdArgs, given};
 use switchyard_registry::telemetry::{self, LogFormat};
-use serde::Deserialize;
 use switchyard_router::{Config, ConfigError, Listeners, ValidConfig};
 
 /// Name in error lines.
@@ -202,11 +202,7 @@ async fn run(process: Process, config: ValidConfig) -> anyhow::Result<()> {
     let metrics =
         telemetry::install_metrics(&[("switchyard_router_route_seconds", ROUTE_SECONDS_BUCKETS)])
             .context("installing the metrics recorder")?;
-    let client = process
-        .etcd
-        .connect()
-        .await
-        .context("connecting to etcd")?;
+    let client = process.etcd.connect().await.context("connecting to etcd")?;
     let grpc = tokio::net::TcpListener::bind(process.listen)
         .await
         .with_context(|| format!("binding {}", process.listen))?;
