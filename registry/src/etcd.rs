@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
 use etcd_client::{Client, ConnectOptions};
+use switchyard_proto::backoff::Backoff;
 
 /// Why connecting was refused.
 #[derive(Debug, thiserror::Error)]
@@ -96,7 +96,7 @@ impl EtcdConfig {
 /// True for errors worth retrying: the member is unreachable, the connection broke, or the
 /// cluster has no leader for a moment. Broken streams report `Unknown` (an h2 error), not
 /// `Unavailable`, so the code alone is not enough.
-pub fn is_transient(err: &etcd_client::Error) -> bool {
+pub(crate) fn is_transient(err: &etcd_client::Error) -> bool {
     use etcd_client::Error as E;
     match err {
         E::GRpcStatus(status) => {
@@ -116,7 +116,7 @@ pub fn is_transient(err: &etcd_client::Error) -> bool {
 }
 
 /// True when etcd says the lease no longer exists.
-pub fn is_lease_not_found(err: &etcd_client::Error) -> bool {
+pub(crate) fn is_lease_not_found(err: &etcd_client::Error) -> bool {
     match err {
         etcd_client::Error::GRpcStatus(s) => s.message().contains("lease not found"),
         etcd_client::Error::LeaseKeepAliveError(m) => m.contains("lease not found"),
@@ -124,23 +124,63 @@ pub fn is_lease_not_found(err: &etcd_client::Error) -> bool {
     }
 }
 
-/// Runs an idempotent etcd call, retrying transient failures a few times (about 1.5 s in
-/// all) with jittered backoff. Only for calls that are safe to repeat.
-pub async fn retry<T, F, Fut>(mut call: F) -> Result<T, etcd_client::Error>
+/// Retry delays for idempotent calls: about 1 s in all over [`RETRY_TIMES`] retries.
+const RETRY: Backoff = Backoff {
+    base: Duration::from_millis(50),
+    cap: Duration::from_millis(500),
+};
+/// Retries of one idempotent call before its error is returned.
+const RETRY_TIMES: u32 = 5;
+
+/// Runs an idempotent etcd call, retrying transient failures a few times with the
+/// workspace's backoff. Only for calls that are safe to repeat.
+pub(crate) async fn retry<T, F, Fut>(mut call: F) -> Result<T, etcd_client::Error>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, etcd_client::Error>>,
 {
-    let backoff = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(50))
-        .with_max_delay(Duration::from_millis(500))
-        .with_jitter()
-        .with_max_times(5);
-    (|| call())
-        .retry(backoff)
-        .sleep(tokio::time::sleep)
-        .when(is_transient)
-        .await
+    let mut retries = Retries::new(RETRY);
+    loop {
+        match call().await {
+            Err(e) if retries.count() < RETRY_TIMES && is_transient(&e) => {
+                tokio::time::sleep(retries.next_delay()).await;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Consecutive failures of one loop over the workspace's one backoff
+/// ([`switchyard_proto::backoff`]): the lease session, the watcher and [`retry`] all wait
+/// through it, so a fleet that lost etcd comes back spread out the same way everywhere.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Retries {
+    /// The delay ceilings.
+    backoff: Backoff,
+    /// Failures since the last success: picks the ceiling of the next delay.
+    count: u32,
+}
+
+impl Retries {
+    pub(crate) fn new(backoff: Backoff) -> Self {
+        Self { backoff, count: 0 }
+    }
+
+    /// Failures counted since the last [`Retries::reset`].
+    pub(crate) fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// Counts one more failure and draws the wait before the next attempt.
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        self.count = self.count.saturating_add(1);
+        self.backoff.delay(self.count, &mut rand::rng())
+    }
+
+    /// A success: the next failure waits as little as the first one.
+    pub(crate) fn reset(&mut self) {
+        self.count = 0;
+    }
 }
 
 #[cfg(test)]
@@ -173,5 +213,18 @@ mod tests {
         assert!(!is_transient(&bad));
         assert!(!is_transient(&gone));
         assert!(is_lease_not_found(&gone));
+    }
+
+    #[test]
+    fn retries_grow_within_the_backoff_and_reset() {
+        let mut r = Retries::new(RETRY);
+        let delays: Vec<Duration> = (0..8).map(|_| r.next_delay()).collect();
+        assert_eq!(r.count(), 8);
+        for (n, d) in delays.iter().enumerate() {
+            assert!(*d <= RETRY.ceiling(n as u32 + 1), "retry {n}: {d:?}");
+        }
+        r.reset();
+        assert_eq!(r.count(), 0);
+        assert!(r.next_delay() <= RETRY.base);
     }
 }

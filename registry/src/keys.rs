@@ -53,7 +53,7 @@ impl std::str::FromStr for GatewayId {
 }
 
 /// Checks a gateway id without taking ownership.
-pub fn validate_id(id: &str) -> Result<(), KeyError> {
+pub(crate) fn validate_id(id: &str) -> Result<(), KeyError> {
     if id.is_empty() || id.len() > 128 {
         return Err(KeyError::IdLength(id.len()));
     }

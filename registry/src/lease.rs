@@ -18,7 +18,9 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, info, warn};
 
-use crate::etcd::{is_lease_not_found, retry};
+use switchyard_proto::backoff::Backoff;
+
+use crate::etcd::{Retries, is_lease_not_found, retry};
 
 /// What to register.
 #[derive(Debug, Clone)]
@@ -444,7 +446,7 @@ enum Outcome {
 
 impl Task {
     async fn run(mut self) {
-        let mut backoff = Backoff::new(self.ttl);
+        let mut backoff = Retries::new(session_backoff(self.ttl));
         loop {
             let lease_id = self.shared.lock().lease_id;
             if lease_id == 0 {
@@ -457,7 +459,7 @@ impl Task {
                     }
                     Err(e) => {
                         debug!(key = %self.key, error = %e, "re-registration failed; retrying");
-                        tokio::time::sleep(backoff.next()).await;
+                        tokio::time::sleep(backoff.next_delay()).await;
                     }
                 }
                 continue;
@@ -466,7 +468,7 @@ impl Task {
                 Outcome::Broken => {
                     self.set_state(LeaseState::Reconnecting { lease_id });
                     metrics::counter!("switchyard_registry_keepalive_restreams_total").increment(1);
-                    tokio::time::sleep(backoff.next()).await;
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
                 Outcome::Lost => {
                     warn!(key = %self.key, lease = format_args!("{lease_id:x}"), "lease lost; registering again");
@@ -482,7 +484,7 @@ impl Task {
     }
 
     /// Opens a keepalive stream and runs it until it breaks or the lease is gone.
-    async fn keep_alive(&mut self, lease_id: i64, backoff: &mut Backoff) -> Outcome {
+    async fn keep_alive(&mut self, lease_id: i64, backoff: &mut Retries) -> Outcome {
         let (mut keeper, mut stream) = match self.client.lease_keep_alive(lease_id).await {
             Ok(pair) => pair,
             Err(e) if is_lease_not_found(&e) => return Outcome::Lost,
@@ -645,33 +647,12 @@ impl Task {
     }
 }
 
-/// Retry delays for the session: short enough to re-register within ~1 s of etcd's return,
-/// jittered so a fleet does not reconnect in lockstep.
-#[derive(Debug)]
-struct Backoff {
-    next: Duration,
-    cap: Duration,
-}
-
-impl Backoff {
-    const BASE: Duration = Duration::from_millis(100);
-
-    fn new(ttl: Duration) -> Self {
-        Self {
-            next: Self::BASE,
-            cap: (ttl / 10).clamp(Duration::from_millis(200), Duration::from_millis(800)),
-        }
-    }
-
-    fn reset(&mut self) {
-        self.next = Self::BASE;
-    }
-
-    fn next(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(self.cap);
-        // Jitter: 50–100 % of the step.
-        d.mul_f64(0.5 + rand::random::<f64>() * 0.5)
+/// Retry delays for the session: short enough to re-register within ~1 s of etcd's return
+/// (the cap is a tenth of the TTL, kept within 200–800 ms).
+fn session_backoff(ttl: Duration) -> Backoff {
+    Backoff {
+        base: Duration::from_millis(100),
+        cap: (ttl / 10).clamp(Duration::from_millis(200), Duration::from_millis(800)),
     }
 }
 
@@ -680,13 +661,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_stays_under_a_second_and_resets() {
-        let mut b = Backoff::new(Duration::from_secs(10));
-        let delays: Vec<_> = (0..10).map(|_| b.next()).collect();
-        assert!(delays.iter().all(|d| *d <= Duration::from_millis(800)));
-        assert!(delays[9] >= Duration::from_millis(400));
-        b.reset();
-        assert!(b.next() <= Backoff::BASE);
+    fn session_backoff_stays_under_a_second() {
+        let b = session_backoff(Duration::from_secs(10));
+        assert_eq!(b.ceiling(1), Duration::from_millis(100));
+        assert_eq!(b.ceiling(10), Duration::from_millis(800));
+        assert_eq!(
+            session_backoff(Duration::from_secs(2)).ceiling(10),
+            Duration::from_millis(200)
+        );
     }
 
     #[test]

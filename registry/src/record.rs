@@ -35,9 +35,12 @@ pub enum RecordError {
     /// `addrs.ws` is not a `ws://` or `wss://` URL.
     #[error("addrs.ws {0:?} is not a ws:// or wss:// URL")]
     WsAddr(String),
-    /// Capacity must be at least one connection.
-    #[error("capacity must be at least 1")]
+    /// Capacity must be at least one connection and at most [`MAX_CAPACITY`].
+    #[error("capacity must be at least 1 and at most {MAX_CAPACITY}")]
     Capacity,
+    /// More connections than any gateway can hold ([`MAX_CONNECTIONS`]).
+    #[error("load.connections {0} is over {MAX_CONNECTIONS}")]
+    Connections(u64),
     /// Weight out of range.
     #[error("weight {0} is out of range 1..=10000")]
     Weight(u32),
@@ -45,6 +48,14 @@ pub enum RecordError {
     #[error("load.cpu {0} must be a finite number >= 0")]
     Cpu(f64),
 }
+
+/// Largest `capacity` a record may claim (2^32 connections, far past any real host). With
+/// it, a router can add up the capacities of every gateway without overflowing, whatever
+/// an agent writes.
+pub const MAX_CAPACITY: u64 = 1 << 32;
+/// Largest `load.connections` a record may report: the same bound as [`MAX_CAPACITY`]
+/// (an overloaded gateway may report more than its capacity, never more than this).
+pub const MAX_CONNECTIONS: u64 = 1 << 32;
 
 /// Health and admission state reported by a gateway's agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
@@ -188,8 +199,11 @@ impl GatewayRecord {
                 return Err(RecordError::WsAddr(ws.clone()));
             }
         }
-        if self.capacity == 0 {
+        if !(1..=MAX_CAPACITY).contains(&self.capacity) {
             return Err(RecordError::Capacity);
+        }
+        if self.load.connections > MAX_CONNECTIONS {
+            return Err(RecordError::Connections(self.load.connections));
         }
         if !(1..=10_000).contains(&self.weight) {
             return Err(RecordError::Weight(self.weight));
@@ -318,6 +332,16 @@ mod tests {
             with(|v| v["id"] = "bad id".into()).unwrap_err(),
             RecordError::Id(_)
         ));
+        assert_eq!(
+            with(|v| v["capacity"] = u64::MAX.into()).unwrap_err(),
+            RecordError::Capacity
+        );
+        assert!(with(|v| v["capacity"] = MAX_CAPACITY.into()).is_ok());
+        assert_eq!(
+            with(|v| v["load"]["connections"] = u64::MAX.into()).unwrap_err(),
+            RecordError::Connections(u64::MAX)
+        );
+        assert!(with(|v| v["load"]["connections"] = MAX_CONNECTIONS.into()).is_ok());
         assert_eq!(
             with(|v| v["weight"] = 0.into()).unwrap_err(),
             RecordError::Weight(0)

@@ -11,10 +11,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};
+use switchyard_proto::backoff::Backoff;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+
+use crate::etcd::Retries;
 
 /// Turns a key (relative to the watched prefix) and its value into an item:
 /// `Ok(None)` ignores the key silently, `Err(reason)` rejects it (counted and logged once).
@@ -169,16 +172,18 @@ enum End {
 
 impl<T: Send + Sync + 'static> Task<T> {
     async fn run(mut self) {
-        let mut delay = Duration::from_millis(50);
+        let mut retries = Retries::new(Backoff {
+            base: Duration::from_millis(50),
+            cap: self.config.max_retry_delay,
+        });
         loop {
             if let Err(e) = self.list().await {
                 self.lost_contact();
                 debug!(prefix = %self.prefix, error = %e, "list failed; retrying");
-                tokio::time::sleep(jitter(delay)).await;
-                delay = (delay * 2).min(self.config.max_retry_delay);
+                tokio::time::sleep(retries.next_delay()).await;
                 continue;
             }
-            delay = Duration::from_millis(50);
+            retries.reset();
             loop {
                 match self.watch().await {
                     End::Resync => {
@@ -187,8 +192,7 @@ impl<T: Send + Sync + 'static> Task<T> {
                     }
                     End::Rewatch => {
                         self.lost_contact();
-                        tokio::time::sleep(jitter(delay)).await;
-                        delay = (delay * 2).min(self.config.max_retry_delay);
+                        tokio::time::sleep(retries.next_delay()).await;
                     }
                 }
             }
@@ -354,8 +358,4 @@ impl<T: Send + Sync + 'static> Task<T> {
         self.contact_tx
             .send_if_modified(|c| std::mem::replace(&mut c.connected, false));
     }
-}
-
-fn jitter(d: Duration) -> Duration {
-    d.mul_f64(0.5 + rand::random::<f64>() * 0.5)
 }

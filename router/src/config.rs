@@ -1,22 +1,34 @@
-//! `router::Config`: everything the router can be told, with documented defaults, read
-//! from TOML (the binary merges flags and `SWITCHYARD_*` env over it) and validated once.
+//! `router::Config`: everything the router library can be told, with documented defaults,
+//! read from TOML (the binary merges flags and `SWITCHYARD_*` env over it) and turned by
+//! [`Config::validate`] into the [`ValidConfig`] that [`crate::run`] takes.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::Deserialize;
+use switchyard_proto::limits::policy_floor;
 use switchyard_proto::v1::ClientPolicy;
+use switchyard_registry::{KeyError, Prefix};
 
 use crate::{outlier, ranking};
 
-/// Why a configuration was refused.
+/// Why a configuration was refused; every message names the key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// A value is out of range or inconsistent.
-    #[error("invalid config: {0}")]
-    Invalid(String),
+    /// `prefix` breaks the key schema.
+    #[error("prefix: {0}")]
+    Prefix(#[from] KeyError),
+    /// A `[ranking]` value is out of range.
+    #[error(transparent)]
+    Ranking(#[from] ranking::ParamsError),
+    /// An `[outlier]` value is out of range.
+    #[error(transparent)]
+    Outlier(#[from] outlier::ParamsError),
+    /// A client policy would make clients misbehave.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
     /// A file named by the config could not be read.
     #[error("cannot read {path}: {source}")]
     Read {
@@ -28,21 +40,68 @@ pub enum ConfigError {
     /// The TOML does not match the schema.
     #[error("config file: {0}")]
     Toml(#[from] toml::de::Error),
+    /// A bearer token short enough to guess.
+    #[error("{key} must be at least 8 characters")]
+    ShortToken {
+        /// `admin_token` or `route_token`.
+        key: &'static str,
+    },
+    /// Only one of `tls_cert` and `tls_key`.
+    #[error("tls_cert and tls_key go together")]
+    TlsPair,
+    /// `client_ca` without TLS: client certificates need a TLS server.
+    #[error("client_ca needs tls_cert and tls_key")]
+    ClientCaWithoutTls,
+    /// A duration that must be above zero is zero.
+    #[error("{key} must be above zero")]
+    Zero {
+        /// The key.
+        key: &'static str,
+    },
+    /// A `[[policy.overrides]]` entry that would match every client.
+    #[error("policy.overrides[{index}] needs a region and/or a network")]
+    OverrideMatchesAll {
+        /// Position of the entry in the file.
+        index: usize,
+    },
 }
 
-/// The router's configuration. Every field has a default, so an empty file is valid.
+/// Why a client policy was refused. The router tells every client how to behave, so one
+/// typo here could make a million phones ping every 30 ms: values are checked when loaded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    /// A value under its floor ([`switchyard_proto::limits::policy_floor`]).
+    #[error("{key} = {} is below the floor of {}", humantime::format_duration(*.value), humantime::format_duration(*.floor))]
+    BelowFloor {
+        /// The key, e.g. `policy.overrides[network=cellular].heartbeat_interval`.
+        key: String,
+        /// The value given (after merging an override over the default).
+        value: Duration,
+        /// The smallest value allowed.
+        floor: Duration,
+    },
+    /// A backoff whose cap is below its base.
+    #[error("{key} = {} is below {base_key} = {}", humantime::format_duration(*.cap), humantime::format_duration(*.base))]
+    CapBelowBase {
+        /// The cap's key.
+        key: String,
+        /// The base's key.
+        base_key: String,
+        /// The cap given.
+        cap: Duration,
+        /// The base given.
+        base: Duration,
+    },
+}
+
+/// The router library's configuration. Every field has a default, so an empty file is
+/// valid. Settings only the binary uses (etcd endpoints, listen addresses, log format) live
+/// in the binary.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// etcd client URLs (used by the binary to connect). Default `http://127.0.0.1:2379`.
-    pub etcd: Vec<String>,
     /// Registry prefix `P`. Default `/switchyard`.
     pub prefix: String,
-    /// gRPC listen address (binary only). Default `127.0.0.1:7100`.
-    pub listen: SocketAddr,
-    /// HTTP side port for `/metrics`, `/healthz` and the status page (binary only; none
-    /// when unset).
-    pub http_listen: Option<SocketAddr>,
     /// Bearer token for the Admin service. Without it (and without `client_ca`) Admin is
     /// refused: drains must never be open to anyone who can reach the port.
     pub admin_token: Option<String>,
@@ -61,8 +120,6 @@ pub struct Config {
     /// PEM CA bundle: clients presenting a certificate it signed are admins (mTLS).
     /// Client certificates stay optional so Route keeps working without one.
     pub client_ca: Option<PathBuf>,
-    /// Log format of the binary: `text` or `json`.
-    pub log_format: String,
     /// Ranking knobs.
     pub ranking: ranking::Params,
     /// Outlier ejection knobs.
@@ -87,13 +144,35 @@ pub struct Config {
     pub etcd_silence_timeout: Duration,
 }
 
+/// A [`Config`] that passed [`Config::validate`]: the only kind [`crate::run`] accepts.
+/// It reads like a `Config` (through `Deref`) but cannot be built or changed otherwise, so
+/// a value the router runs with has always been checked.
+#[derive(Debug, Clone)]
+pub struct ValidConfig {
+    /// The checked settings (the admin token file already read into `admin_token`).
+    config: Config,
+    /// `config.prefix`, parsed.
+    prefix: Prefix,
+}
+
+impl ValidConfig {
+    /// The registry prefix.
+    pub fn prefix(&self) -> &Prefix {
+        &self.prefix
+    }
+}
+
+impl std::ops::Deref for ValidConfig {
+    type Target = Config;
+    fn deref(&self) -> &Config {
+        &self.config
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
-            etcd: vec!["http://127.0.0.1:2379".into()],
-            prefix: "/switchyard".into(),
-            listen: "127.0.0.1:7100".parse().expect("literal"),
-            http_listen: None,
+            prefix: switchyard_registry::DEFAULT_PREFIX.into(),
             admin_token: None,
             admin_token_file: None,
             route_token: None,
@@ -101,7 +180,6 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             client_ca: None,
-            log_format: "text".into(),
             ranking: ranking::Params::default(),
             outlier: outlier::Params::default(),
             pending_window: Duration::from_secs(10),
@@ -121,12 +199,10 @@ impl Config {
     }
 
     /// Checks every value and reads `admin_token_file` into `admin_token`.
-    pub fn validate(mut self) -> Result<Self, ConfigError> {
-        let invalid = ConfigError::Invalid;
-        switchyard_registry::Prefix::new(self.prefix.clone())
-            .map_err(|e| invalid(e.to_string()))?;
-        self.ranking.validate().map_err(invalid)?;
-        self.outlier.validate().map_err(invalid)?;
+    pub fn validate(mut self) -> Result<ValidConfig, ConfigError> {
+        let prefix = Prefix::new(self.prefix.clone())?;
+        self.ranking.validate()?;
+        self.outlier.validate()?;
         if let Some(path) = &self.admin_token_file {
             let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                 path: path.clone(),
@@ -134,40 +210,36 @@ impl Config {
             })?;
             self.admin_token = text.lines().next().map(|l| l.trim().to_owned());
         }
-        for (name, token) in [("admin", &self.admin_token), ("route", &self.route_token)] {
+        for (key, token) in [
+            ("admin_token", &self.admin_token),
+            ("route_token", &self.route_token),
+        ] {
             if token.as_deref().is_some_and(|t| t.len() < 8) {
-                return Err(invalid(format!(
-                    "{name} token must be at least 8 characters"
-                )));
+                return Err(ConfigError::ShortToken { key });
             }
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
-            return Err(invalid("tls_cert and tls_key go together".into()));
+            return Err(ConfigError::TlsPair);
         }
         if self.client_ca.is_some() && self.tls_cert.is_none() {
-            return Err(invalid("client_ca needs tls_cert and tls_key".into()));
+            return Err(ConfigError::ClientCaWithoutTls);
         }
-        if !matches!(self.log_format.as_str(), "text" | "json") {
-            return Err(invalid(format!(
-                "log_format must be text or json, got {:?}",
-                self.log_format
-            )));
-        }
-        if self.valid_for.is_zero() || self.pending_window.is_zero() {
-            return Err(invalid("valid_for and pending_window must be > 0".into()));
-        }
-        self.policy.default.validate()?;
-        for o in &self.policy.overrides {
-            if o.region.is_none() && o.network.is_none() {
-                return Err(invalid(
-                    "each [[policy.overrides]] needs a region and/or a network".into(),
-                ));
+        for (key, d) in [
+            ("valid_for", self.valid_for),
+            ("pending_window", self.pending_window),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::Zero { key });
             }
         }
+        self.policy.validate()?;
         // Longest prefix first, so lookup can stop at the first match.
         self.locality
             .sort_by_key(|r| std::cmp::Reverse(r.cidr.prefix_len()));
-        Ok(self)
+        Ok(ValidConfig {
+            config: self,
+            prefix,
+        })
     }
 
     /// Region and zone for a caller IP from the CIDR table (longest prefix wins).
@@ -245,16 +317,40 @@ impl Default for Policy {
 }
 
 impl Policy {
-    fn validate(&self) -> Result<(), ConfigError> {
-        if self.heartbeat_interval.is_zero() || self.heartbeat_timeout.is_zero() {
-            return Err(ConfigError::Invalid(
-                "policy heartbeat_interval and heartbeat_timeout must be above zero".into(),
-            ));
+    /// Checks the policy against the floors; `at` is its key, e.g. `policy.default`.
+    fn validate(&self, at: &str) -> Result<(), PolicyError> {
+        for (name, value, floor) in [
+            (
+                "heartbeat_interval",
+                self.heartbeat_interval,
+                policy_floor::HEARTBEAT_INTERVAL,
+            ),
+            (
+                "heartbeat_timeout",
+                self.heartbeat_timeout,
+                policy_floor::HEARTBEAT_TIMEOUT,
+            ),
+            (
+                "backoff_base",
+                self.backoff_base,
+                policy_floor::BACKOFF_BASE,
+            ),
+        ] {
+            if value < floor {
+                return Err(PolicyError::BelowFloor {
+                    key: format!("{at}.{name}"),
+                    value,
+                    floor,
+                });
+            }
         }
-        if self.backoff_base > self.backoff_cap {
-            return Err(ConfigError::Invalid(
-                "policy needs backoff_base <= backoff_cap".into(),
-            ));
+        if self.backoff_cap < self.backoff_base {
+            return Err(PolicyError::CapBelowBase {
+                key: format!("{at}.backoff_cap"),
+                base_key: format!("{at}.backoff_base"),
+                cap: self.backoff_cap,
+                base: self.backoff_base,
+            });
         }
         Ok(())
     }
@@ -311,6 +407,24 @@ pub struct PolicyOverride {
 }
 
 impl Policies {
+    /// Checks the default and every override as clients would get it (the override merged
+    /// over the default), naming the override by what it matches.
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.default.validate("policy.default")?;
+        for (index, o) in self.overrides.iter().enumerate() {
+            let matches: Vec<String> = [("region", &o.region), ("network", &o.network)]
+                .into_iter()
+                .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}")))
+                .collect();
+            if matches.is_empty() {
+                return Err(ConfigError::OverrideMatchesAll { index });
+            }
+            o.over(&self.default)
+                .validate(&format!("policy.overrides[{}]", matches.join(",")))?;
+        }
+        Ok(())
+    }
+
     /// The policy for a client in `region` on `network`.
     pub fn select(&self, region: &str, network: &str) -> Policy {
         let matches = |o: &&PolicyOverride| {
@@ -324,16 +438,24 @@ impl Policies {
             .iter()
             .filter(matches)
             .max_by_key(|o| specificity(o));
-        let mut p = self.default.clone();
-        if let Some(o) = best {
-            p.heartbeat_interval = o.heartbeat_interval.unwrap_or(p.heartbeat_interval);
-            p.heartbeat_timeout = o.heartbeat_timeout.unwrap_or(p.heartbeat_timeout);
-            p.backoff_base = o.backoff_base.unwrap_or(p.backoff_base);
-            p.backoff_cap = o.backoff_cap.unwrap_or(p.backoff_cap);
-            p.max_attempts = o.max_attempts.unwrap_or(p.max_attempts);
-            p.reconnect_spread = o.reconnect_spread.unwrap_or(p.reconnect_spread);
+        match best {
+            Some(o) => o.over(&self.default),
+            None => self.default.clone(),
         }
-        p
+    }
+}
+
+impl PolicyOverride {
+    /// `base` with the fields this override sets replaced.
+    fn over(&self, base: &Policy) -> Policy {
+        Policy {
+            heartbeat_interval: self.heartbeat_interval.unwrap_or(base.heartbeat_interval),
+            heartbeat_timeout: self.heartbeat_timeout.unwrap_or(base.heartbeat_timeout),
+            backoff_base: self.backoff_base.unwrap_or(base.backoff_base),
+            backoff_cap: self.backoff_cap.unwrap_or(base.backoff_cap),
+            max_attempts: self.max_attempts.unwrap_or(base.max_attempts),
+            reconnect_spread: self.reconnect_spread.unwrap_or(base.reconnect_spread),
+        }
     }
 }
 
@@ -396,20 +518,76 @@ mod tests {
         assert_eq!(both.heartbeat_interval, Duration::from_secs(20));
     }
 
+    fn bad(toml: &str) -> String {
+        Config::from_toml(toml)
+            .and_then(Config::validate)
+            .unwrap_err()
+            .to_string()
+    }
+
     #[test]
     fn bad_configs_are_refused_with_a_reason() {
-        let bad = |s: &str| {
-            Config::from_toml(s)
-                .and_then(Config::validate)
-                .unwrap_err()
-                .to_string()
-        };
         assert!(bad("prefix = \"nope\"").contains("prefix"));
-        assert!(bad("[ranking]\nbound = 0.5").contains("bound"));
-        assert!(bad("admin_token = \"short\"").contains("at least 8"));
+        assert!(bad("[ranking]\nbound = 0.5").contains("ranking.bound"));
+        assert!(bad("[outlier]\nmin_clients = 0").contains("outlier.min_clients"));
+        assert!(bad("admin_token = \"short\"").contains("admin_token must be at least 8"));
         assert!(bad("tls_cert = \"/x\"").contains("go together"));
         assert!(bad("unknown_key = 1").contains("unknown"));
+        assert!(bad("valid_for = \"0s\"").contains("valid_for must be above zero"));
         assert!(bad("[[policy.overrides]]\nmax_attempts = 3").contains("region and/or"));
-        assert!(bad("[policy.default]\nheartbeat_timeout = \"0s\"").contains("above zero"));
+    }
+
+    #[test]
+    fn binary_settings_are_not_library_settings() {
+        // The binary reads these from its own part of the file.
+        for key in [
+            "etcd = []",
+            "listen = \"127.0.0.1:1\"",
+            "log_format = \"json\"",
+        ] {
+            assert!(bad(key).contains("unknown field"), "{key}");
+        }
+    }
+
+    #[test]
+    fn a_heartbeat_below_the_floor_is_refused_naming_the_key() {
+        let err =
+            bad("[[policy.overrides]]\nnetwork = \"cellular\"\nheartbeat_interval = \"30ms\"");
+        assert_eq!(
+            err,
+            "policy.overrides[network=cellular].heartbeat_interval = 30ms is below the floor of 1s"
+        );
+        let err = bad("[policy.default]\nheartbeat_timeout = \"0s\"");
+        assert!(
+            err.starts_with("policy.default.heartbeat_timeout = 0s is below the floor"),
+            "{err}"
+        );
+        let err = bad("[policy.default]\nbackoff_base = \"10ms\"");
+        assert!(err.starts_with("policy.default.backoff_base"), "{err}");
+        // At the floor is fine.
+        assert!(
+            Config::from_toml("[policy.default]\nheartbeat_interval = \"1s\"")
+                .unwrap()
+                .validate()
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_backoff_cap_below_its_base_is_refused_naming_the_key() {
+        let err = bad("[policy.default]\nbackoff_base = \"2s\"\nbackoff_cap = \"1s\"");
+        assert_eq!(
+            err,
+            "policy.default.backoff_cap = 1s is below policy.default.backoff_base = 2s"
+        );
+        // An override is checked merged over the default: its cap under the default base.
+        let err = bad(
+            "[[policy.overrides]]\nregion = \"eu\"\nnetwork = \"wifi\"\nbackoff_cap = \"200ms\"",
+        );
+        assert_eq!(
+            err,
+            "policy.overrides[region=eu,network=wifi].backoff_cap = 200ms is below \
+             policy.overrides[region=eu,network=wifi].backoff_base = 500ms"
+        );
     }
 }

@@ -22,7 +22,7 @@ struct Http {
 }
 
 /// The side-port application.
-pub fn app(state: Arc<State>, metrics: Option<PrometheusHandle>) -> Router {
+pub(crate) fn app(state: Arc<State>, metrics: Option<PrometheusHandle>) -> Router {
     Router::new()
         .route("/", get(status_page))
         .route("/healthz", get(healthz))
@@ -31,8 +31,7 @@ pub fn app(state: Arc<State>, metrics: Option<PrometheusHandle>) -> Router {
 }
 
 async fn healthz(Extract(h): Extract<Http>) -> Response {
-    let view = h.state.current.load();
-    if view.is_loaded() {
+    if h.state.view.borrow().is_loaded() {
         (StatusCode::OK, "ok\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "registry not loaded yet\n").into_response()
@@ -70,10 +69,10 @@ async fn status_page(Extract(h): Extract<Http>) -> Html<String> {
 }
 
 /// The status page as HTML (no external assets: it must work on an isolated network).
-pub fn render_status(state: &State) -> String {
-    let view = state.current.load();
+pub(crate) fn render_status(state: &State) -> String {
+    let view = state.view();
     let now = now_ms();
-    let connected = state.connected.load(Ordering::Relaxed);
+    let connected = state.etcd_connected();
     let mut page = String::with_capacity(4096 + view.gateways.len() * 512);
     page.push_str(
         "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"2\">\
@@ -89,7 +88,7 @@ td,th{padding:.3em .7em;border-bottom:1px solid #ddd;text-align:left}\
         page,
         "<p>revision {} · snapshot age {} ms · etcd {} · {} gateways · {} invalid records</p>",
         view.revision,
-        state.snapshot_age_ms(now),
+        state.snapshot_age_ms(),
         if connected {
             "connected"
         } else {
@@ -102,11 +101,11 @@ td,th{padding:.3em .7em;border-bottom:1px solid #ddd;text-align:left}\
     for g in &view.gateways {
         let r = &g.record;
         let pending = g.shared.pending.load(Ordering::Relaxed);
-        let load = (r.load.connections + pending) as f64 / r.capacity.max(1) as f64;
+        let load = r.load.connections.saturating_add(pending) as f64 / r.capacity.max(1) as f64;
         let pct = (load * 100.0).clamp(0.0, 100.0);
         let state_label = if g.drain.is_some() {
             ("drained", "drained by ops")
-        } else if g.shared.ejected_until_ms.load(Ordering::Relaxed) > now {
+        } else if g.shared.is_ejected(now) {
             ("ejected", "ejected")
         } else {
             (r.state.as_str(), r.state.as_str())

@@ -1,4 +1,5 @@
-//! `switchyard-router`: flags, env and TOML merged into a `router::Config`, then
+//! `switchyard-router`: flags, env and TOML merged into a `router::Config` (validated) plus
+//! the settings only this binary uses (etcd endpoints, listen addresses, log format), then
 //! `switchyard_router::run`. Exits 2 on a usage or configuration error, 1 when running
 //! fails (`switchyard_registry::cli`).
 #![forbid(unsafe_code)]
@@ -10,10 +11,11 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
 use ipnet::IpNet;
+use serde::Deserialize;
 use switchyard_registry::EtcdConfig;
 use switchyard_registry::cli::{self, EtcdArgs, given};
 use switchyard_registry::telemetry::{self, LogFormat};
-use switchyard_router::{Config, Listeners};
+use switchyard_router::{Config, ConfigError, Listeners, ValidConfig};
 
 /// Name in error lines.
 const BIN: &str = "switchyard-router";
@@ -73,36 +75,89 @@ struct Args {
     log_format: LogFormat,
 }
 
+/// The settings only this binary uses; the rest of the file is the library's [`Config`].
+#[derive(Debug)]
+struct Process {
+    /// Where etcd is.
+    etcd: EtcdConfig,
+    /// gRPC listen address.
+    listen: SocketAddr,
+    /// HTTP side port, none when unset.
+    http_listen: Option<SocketAddr>,
+    /// How log lines are written.
+    log_format: LogFormat,
+}
+
+/// [`Process`] as the config file may give it (every key optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct ProcessFile {
+    /// etcd endpoints.
+    etcd: Option<Vec<String>>,
+    /// gRPC listen address.
+    listen: Option<SocketAddr>,
+    /// HTTP side port.
+    http_listen: Option<SocketAddr>,
+    /// `text` or `json`.
+    log_format: Option<String>,
+}
+
+/// Keys of the config file that belong to [`Process`], not to the library's [`Config`].
+const PROCESS_KEYS: [&str; 4] = ["etcd", "listen", "http_listen", "log_format"];
+
+/// Splits a config file into the binary's part and the library's.
+fn read_file(text: &str) -> anyhow::Result<(ProcessFile, Config)> {
+    let mut table: toml::Table = text.parse().map_err(ConfigError::Toml)?;
+    let process: toml::Table = PROCESS_KEYS
+        .iter()
+        .filter_map(|k| table.remove(*k).map(|v| (k.to_string(), v)))
+        .collect();
+    let p = toml::Value::Table(process)
+        .try_into()
+        .map_err(ConfigError::Toml)?;
+    let c = toml::Value::Table(table)
+        .try_into()
+        .map_err(ConfigError::Toml)?;
+    Ok((p, c))
+}
+
 impl Args {
     /// The file's settings with what was given as a flag or env variable over them.
-    fn into_config(self, matches: &ArgMatches) -> anyhow::Result<Config> {
-        let mut c = match &self.config {
+    fn into_config(self, matches: &ArgMatches) -> anyhow::Result<(Process, ValidConfig)> {
+        let (file, mut c) = match &self.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading {}", path.display()))?;
-                Config::from_toml(&text)?
+                read_file(&text)?
             }
-            None => Config::default(),
+            None => (ProcessFile::default(), Config::default()),
         };
         let explicit = |id: &str| given(matches, id);
-        if explicit("etcd") {
-            c.etcd = self.registry.etcd;
-        }
+        let etcd = match file.etcd {
+            Some(etcd) if !explicit("etcd") => etcd,
+            _ => self.registry.etcd,
+        };
+        let log_format = match file.log_format.as_deref() {
+            _ if explicit("log_format") => self.log_format,
+            None => self.log_format,
+            Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => anyhow::bail!("log_format must be text or json, got {other:?}"),
+        };
+        let process = Process {
+            etcd: EtcdConfig::new(&etcd)?,
+            listen: match file.listen {
+                Some(listen) if !explicit("listen") => listen,
+                _ => self.listen,
+            },
+            http_listen: self.http_listen.or(file.http_listen),
+            log_format,
+        };
         if explicit("prefix") {
             c.prefix = self.registry.prefix;
         }
-        if explicit("listen") {
-            c.listen = self.listen;
-        }
         if explicit("valid_for") {
             c.valid_for = self.valid_for;
-        }
-        if explicit("log_format") {
-            c.log_format = match self.log_format {
-                LogFormat::Text => "text",
-                LogFormat::Json => "json",
-            }
-            .to_owned();
         }
         if let Some(v) = self.trust_forwarded_for {
             c.trust_forwarded_for = v;
@@ -111,7 +166,6 @@ impl Args {
             ($($field:ident),*) => { $( if self.$field.is_some() { c.$field = self.$field; } )* };
         }
         set_opt!(
-            http_listen,
             admin_token,
             admin_token_file,
             route_token,
@@ -119,7 +173,7 @@ impl Args {
             tls_key,
             client_ca
         );
-        Ok(c.validate()?)
+        Ok((process, c.validate()?))
     }
 }
 
@@ -127,20 +181,15 @@ impl Args {
 async fn main() -> ExitCode {
     // Exits 2 itself on a bad flag (0 for --help and --version).
     let matches = Args::command().get_matches();
-    let (etcd, config) = match Args::from_arg_matches(&matches)
+    let (process, config) = match Args::from_arg_matches(&matches)
         .map_err(anyhow::Error::from)
         .and_then(|args| args.into_config(&matches))
-        .and_then(|c| Ok((EtcdConfig::new(&c.etcd)?, c)))
     {
-        Ok(c) => c,
+        Ok(both) => both,
         Err(e) => return cli::fail(BIN, cli::EXIT_USAGE, &format_args!("{e:#}")),
     };
-    telemetry::init_logging(if config.log_format == "json" {
-        LogFormat::Json
-    } else {
-        LogFormat::Text
-    });
-    match run(etcd, config).await {
+    telemetry::init_logging(process.log_format);
+    match run(process, config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -149,15 +198,15 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(etcd: EtcdConfig, config: Config) -> anyhow::Result<()> {
+async fn run(process: Process, config: ValidConfig) -> anyhow::Result<()> {
     let metrics =
         telemetry::install_metrics(&[("switchyard_router_route_seconds", ROUTE_SECONDS_BUCKETS)])
             .context("installing the metrics recorder")?;
-    let client = etcd.connect().await.context("connecting to etcd")?;
-    let grpc = tokio::net::TcpListener::bind(config.listen)
+    let client = process.etcd.connect().await.context("connecting to etcd")?;
+    let grpc = tokio::net::TcpListener::bind(process.listen)
         .await
-        .with_context(|| format!("binding {}", config.listen))?;
-    let http = match config.http_listen {
+        .with_context(|| format!("binding {}", process.listen))?;
+    let http = match process.http_listen {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
                 .await
@@ -168,7 +217,7 @@ async fn run(etcd: EtcdConfig, config: Config) -> anyhow::Result<()> {
     tracing::info!(
         listen = %grpc.local_addr()?,
         http = ?http.as_ref().map(|l| l.local_addr()).transpose()?,
-        prefix = %config.prefix,
+        prefix = %config.prefix(),
         "switchyard-router starting"
     );
     let shutdown = async {

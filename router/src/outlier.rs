@@ -1,7 +1,9 @@
 //! Outlier ejection from client failure reports: a gateway that several distinct clients
 //! failed to reach within a window is ejected for a time that grows with each ejection
 //! (gRPC A50 / Envoy), and at most a bounded share of gateways is ejected at once so a
-//! client-side problem (or a liar) cannot empty the fleet. Pure: time is passed in.
+//! client-side problem (or a liar) cannot empty the fleet. Pure: time is passed in, and so
+//! is the end of the current ejection, which the router keeps in exactly one place (the
+//! gateway's live counters) because every Route reads it.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -41,17 +43,31 @@ impl Default for Params {
     }
 }
 
+/// Why outlier knobs were refused; the message names the key.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ParamsError {
+    /// `min_clients` is 0: one report from anyone would eject.
+    #[error("outlier.min_clients must be at least 1")]
+    MinClients,
+    /// `max_ejected_share` is not a share.
+    #[error("outlier.max_ejected_share must be within 0..=1, got {0}")]
+    MaxEjectedShare(f64),
+    /// The first ejection would be longer than the cap.
+    #[error("outlier.base_ejection must not exceed outlier.max_ejection")]
+    BaseOverMax,
+}
+
 impl Params {
-    /// Checks the values make sense; the message names the field.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks the values make sense.
+    pub fn validate(&self) -> Result<(), ParamsError> {
         if self.min_clients == 0 {
-            return Err("outlier.min_clients must be at least 1".into());
+            return Err(ParamsError::MinClients);
         }
         if !(0.0..=1.0).contains(&self.max_ejected_share) {
-            return Err("outlier.max_ejected_share must be within 0..=1".into());
+            return Err(ParamsError::MaxEjectedShare(self.max_ejected_share));
         }
         if self.base_ejection > self.max_ejection {
-            return Err("outlier.base_ejection must not exceed outlier.max_ejection".into());
+            return Err(ParamsError::BaseOverMax);
         }
         Ok(())
     }
@@ -67,34 +83,36 @@ impl Params {
 /// reports must not grow memory).
 const MAX_REPORTS: usize = 64;
 
-/// Failure reports and ejection history of one gateway.
+/// True while an ejection that ends at `until_ms` (Unix ms; 0 = never ejected) lasts.
+pub(crate) fn is_ejected(until_ms: i64, now_ms: i64) -> bool {
+    now_ms < until_ms
+}
+
+/// Failure reports and ejection streak of one gateway. The end of its current ejection is
+/// not here: the caller owns it and passes it in.
 #[derive(Debug, Clone, Default)]
-pub struct State {
+pub(crate) struct State {
     /// `(client hash, Unix ms)` of recent reports, one per client, oldest first.
     reports: VecDeque<(u64, i64)>,
     /// Ejections so far in the current streak (drives the growing ejection time).
     ejections: u32,
-    /// Ejected until this Unix ms; 0 = never ejected.
-    ejected_until_ms: i64,
 }
 
 impl State {
-    /// True while ejected.
-    pub fn is_ejected(&self, now_ms: i64) -> bool {
-        now_ms < self.ejected_until_ms
-    }
-
-    /// End of the current or last ejection (Unix ms; 0 = never).
-    pub fn ejected_until_ms(&self) -> i64 {
-        self.ejected_until_ms
-    }
-
-    /// Records that `client` failed to reach this gateway at `at_ms`. Returns true when
-    /// enough distinct clients have reported it to eject it now.
-    pub fn report(&mut self, p: &Params, client: u64, at_ms: i64, now_ms: i64) -> bool {
+    /// Records that `client` failed to reach this gateway at `at_ms`; `ejected_until_ms`
+    /// is the end of its current or last ejection. Returns true when enough distinct
+    /// clients have reported it to eject it now. Reports while ejected are ignored.
+    pub(crate) fn report(
+        &mut self,
+        p: &Params,
+        ejected_until_ms: i64,
+        client: u64,
+        at_ms: i64,
+        now_ms: i64,
+    ) -> bool {
         let at_ms = at_ms.min(now_ms);
         let horizon = now_ms - p.window.as_millis() as i64;
-        if at_ms < horizon || self.is_ejected(now_ms) {
+        if at_ms < horizon || is_ejected(ejected_until_ms, now_ms) {
             return false;
         }
         self.reports.retain(|&(c, t)| t >= horizon && c != client);
@@ -105,17 +123,20 @@ impl State {
         self.reports.len() >= p.min_clients
     }
 
-    /// Ejects now; returns the end of the ejection (Unix ms).
-    pub fn eject(&mut self, p: &Params, now_ms: i64) -> i64 {
-        let clean_for = now_ms - self.ejected_until_ms;
-        if self.ejected_until_ms == 0 || clean_for > p.max_ejection.as_millis() as i64 {
+    /// Ejects now, after a last ejection that ended at `last_until_ms` (0 = never);
+    /// returns the end of the new ejection (Unix ms).
+    pub(crate) fn eject(&mut self, p: &Params, last_until_ms: i64, now_ms: i64) -> i64 {
+        let clean_for = now_ms - last_until_ms;
+        if last_until_ms == 0 || clean_for > p.max_ejection.as_millis() as i64 {
             self.ejections = 0;
         }
-        self.ejections += 1;
-        let length = (p.base_ejection * self.ejections).min(p.max_ejection);
-        self.ejected_until_ms = now_ms + length.as_millis() as i64;
+        self.ejections = self.ejections.saturating_add(1);
+        let length = p
+            .base_ejection
+            .saturating_mul(self.ejections)
+            .min(p.max_ejection);
         self.reports.clear();
-        self.ejected_until_ms
+        now_ms + length.as_millis() as i64
     }
 }
 
@@ -127,31 +148,31 @@ mod tests {
     fn needs_distinct_clients_within_the_window() {
         let p = Params::default();
         let mut s = State::default();
-        assert!(!s.report(&p, 1, 0, 0));
+        assert!(!s.report(&p, 0, 1, 0, 0));
         assert!(
-            !s.report(&p, 1, 1_000, 1_000),
+            !s.report(&p, 0, 1, 1_000, 1_000),
             "same client twice counts once"
         );
-        assert!(!s.report(&p, 2, 2_000, 2_000));
+        assert!(!s.report(&p, 0, 2, 2_000, 2_000));
         // Client 1's report is now outside the window.
-        assert!(!s.report(&p, 3, 31_500, 31_500));
-        assert!(s.report(&p, 4, 31_600, 31_600));
+        assert!(!s.report(&p, 0, 3, 31_500, 31_500));
+        assert!(s.report(&p, 0, 4, 31_600, 31_600));
         // Reports claiming to be too old are ignored.
         let mut s = State::default();
-        assert!(!s.report(&p, 9, 0, 100_000));
+        assert!(!s.report(&p, 0, 9, 0, 100_000));
     }
 
     #[test]
     fn ejection_time_grows_and_is_capped_then_resets() {
         let p = Params::default();
         let mut s = State::default();
-        let mut now = 0;
+        let (mut now, mut until) = (0, 0);
         let mut lengths = Vec::new();
         for _ in 0..12 {
-            let until = s.eject(&p, now);
-            assert!(s.is_ejected(now) && !s.is_ejected(until));
+            until = s.eject(&p, until, now);
+            assert!(is_ejected(until, now) && !is_ejected(until, until));
             assert!(
-                !s.report(&p, 1, now, now),
+                !s.report(&p, until, 1, now, now),
                 "reports while ejected are ignored"
             );
             lengths.push((until - now) / 1000);
@@ -161,8 +182,8 @@ mod tests {
         assert_eq!(*lengths.last().unwrap(), 300);
         // Clean for longer than the cap: the streak starts again.
         now += 301_000;
-        let until = s.eject(&p, now);
-        assert_eq!((until - now) / 1000, 30);
+        let next = s.eject(&p, until, now);
+        assert_eq!((next - now) / 1000, 30);
     }
 
     #[test]

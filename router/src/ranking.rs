@@ -43,23 +43,42 @@ impl Default for Params {
     }
 }
 
+/// Why ranking knobs were refused; the message names the key.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ParamsError {
+    /// `bound` below 1 would refuse first place to every gateway at mean load.
+    #[error("ranking.bound must be >= 1.0, got {0}")]
+    Bound(f64),
+    /// A knob that is a share (0..=1) is not.
+    #[error("ranking.{key} must be within 0..=1, got {value}")]
+    Share {
+        /// The key under `[ranking]`.
+        key: &'static str,
+        /// The value given.
+        value: f64,
+    },
+    /// `slow_start_aggression` must be a positive number.
+    #[error("ranking.slow_start_aggression must be > 0, got {0}")]
+    Aggression(f64),
+}
+
 impl Params {
-    /// Checks the values make sense; the message names the field.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks the values make sense.
+    pub fn validate(&self) -> Result<(), ParamsError> {
         if !(self.bound.is_finite() && self.bound >= 1.0) {
-            return Err(format!("ranking.bound must be >= 1.0, got {}", self.bound));
-        }
-        if !(0.0..=1.0).contains(&self.slow_start_min) {
-            return Err("ranking.slow_start_min must be within 0..=1".into());
+            return Err(ParamsError::Bound(self.bound));
         }
         if !(self.slow_start_aggression.is_finite() && self.slow_start_aggression > 0.0) {
-            return Err("ranking.slow_start_aggression must be > 0".into());
+            return Err(ParamsError::Aggression(self.slow_start_aggression));
         }
-        if !(0.0..=1.0).contains(&self.panic_threshold) {
-            return Err("ranking.panic_threshold must be within 0..=1".into());
-        }
-        if !(0.0..=1.0).contains(&self.min_tier_headroom) {
-            return Err("ranking.min_tier_headroom must be within 0..=1".into());
+        for (key, value) in [
+            ("slow_start_min", self.slow_start_min),
+            ("panic_threshold", self.panic_threshold),
+            ("min_tier_headroom", self.min_tier_headroom),
+        ] {
+            if !(0.0..=1.0).contains(&value) {
+                return Err(ParamsError::Share { key, value });
+            }
         }
         Ok(())
     }
@@ -318,7 +337,7 @@ pub fn slow_start_factor(p: &Params, started_at_ms: Option<i64>, now_ms: i64) ->
     if window <= 0.0 {
         return 1.0;
     }
-    let age = (now_ms - start).max(0) as f64;
+    let age = now_ms.saturating_sub(start).max(0) as f64;
     if age >= window {
         return 1.0;
     }
@@ -384,8 +403,8 @@ pub fn rank_reference(
         match filtered {
             None => {
                 healthy[t] += 1;
-                load[t] += c.connections + live.pending(i);
-                cap[t] += c.capacity;
+                load[t] = load[t].saturating_add(c.connections.saturating_add(live.pending(i)));
+                cap[t] = cap[t].saturating_add(c.capacity);
                 // The tier rides in the top bits so sorting into pools compares integers,
                 // not region/zone strings (the string compares dominated Route at 1000+
                 // gateways).
@@ -720,9 +739,9 @@ impl<L: Live> Ctx<'_, L> {
             if !self.excluded.is_empty() && self.excluded.binary_search(&i).is_ok() {
                 continue;
             }
-            let load = c.connections + self.live.pending(iu);
-            st.load += load;
-            st.cap += c.capacity;
+            let load = c.connections.saturating_add(self.live.pending(iu));
+            st.load = st.load.saturating_add(load);
+            st.cap = st.cap.saturating_add(c.capacity);
             out.push(Entry { index: i, load });
         }
         st
@@ -822,8 +841,8 @@ pub fn rank(
                 stats[u] = ctx.scan_tier(u, &mut tiers[u]);
                 scanned[u] = true;
             }
-            pool_load += stats[u].load;
-            pool_cap += stats[u].cap;
+            pool_load = pool_load.saturating_add(stats[u].load);
+            pool_cap = pool_cap.saturating_add(stats[u].cap);
         }
         // The pool in ascending candidate order, as the reference's sort leaves it.
         seg.clear();
@@ -996,8 +1015,8 @@ fn first_place(
 ) -> (usize, Reason) {
     let (mut pool_load, mut pool_cap) = (0u64, 0u64);
     for &i in seg {
-        pool_load += cands[i].connections + live.pending(i);
-        pool_cap += cands[i].capacity;
+        pool_load = pool_load.saturating_add(cands[i].connections.saturating_add(live.pending(i)));
+        pool_cap = pool_cap.saturating_add(cands[i].capacity);
     }
     let mut best: Option<(usize, f64)> = None;
     let mut best_any: (usize, f64) = (0, f64::NEG_INFINITY);
@@ -1010,7 +1029,7 @@ fn first_place(
         if s > best_any.1 {
             best_any = (pos, s);
         }
-        let this_load = c.connections + live.pending(i);
+        let this_load = c.connections.saturating_add(live.pending(i));
         if within_bound(p.bound, this_load, c.capacity, pool_load, pool_cap)
             && best.is_none_or(|(_, b)| s > b)
         {
@@ -1029,8 +1048,9 @@ pub fn within_bound(c: f64, load: u64, capacity: u64, pool_load: u64, pool_cap: 
     if pool_cap == 0 {
         return true;
     }
-    let allowed = (c * (pool_load + 1) as f64 * capacity as f64 / pool_cap as f64).ceil();
-    (load + 1) as f64 <= allowed
+    let allowed =
+        (c * pool_load.saturating_add(1) as f64 * capacity as f64 / pool_cap as f64).ceil();
+    load.saturating_add(1) as f64 <= allowed
 }
 
 /// Free share of capacity, scaled down during slow start (and by weight) so a cold or
@@ -1043,7 +1063,7 @@ fn headroom_score(
     i: usize,
 ) -> f64 {
     let c = &cands[i];
-    let load = (c.connections + live.pending(i)) as f64;
+    let load = c.connections.saturating_add(live.pending(i)) as f64;
     let headroom = 1.0 - load / c.capacity as f64;
     if headroom <= 0.0 {
         return headroom;
@@ -1094,6 +1114,7 @@ impl SplitMix {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use switchyard_registry::{MAX_CAPACITY, MAX_CONNECTIONS};
 
     #[derive(Debug)]
     struct Fixed {
@@ -1494,6 +1515,61 @@ mod tests {
                     .map(|()| out.clone());
                 prop_assert_eq!(&got, &want);
             }
+        }
+
+        #[test]
+        fn extreme_capacities_and_loads_rank_without_overflow(
+            gws in proptest::collection::vec(
+                (
+                    prop_oneof![Just(1u64), Just(MAX_CAPACITY), Just(u64::MAX), 1u64..],
+                    prop_oneof![Just(0u64), Just(MAX_CONNECTIONS), Just(u64::MAX), any::<u64>()],
+                    prop_oneof![Just(0u64), Just(u64::MAX), any::<u64>()],
+                    0u8..3,
+                ),
+                1..12,
+            ),
+            limit in 1usize..17, seed: u64, client in "[a-z]{1,8}",
+        ) {
+            // What an agent may write (up to the decode bounds) and past it (a record
+            // that skipped validation, a pending count that ran away): ranking must
+            // neither panic nor disagree with its reference.
+            let cands: Vec<Candidate> = gws
+                .iter()
+                .enumerate()
+                .map(|(i, &(capacity, connections, _, r))| Candidate {
+                    connections,
+                    ..gw(&format!("g{i}"), &format!("r{r}"), "z0", capacity)
+                })
+                .collect();
+            let live = Fixed {
+                pending: gws.iter().map(|g| g.2).collect(),
+                ejected: vec![false; gws.len()],
+            };
+            let mut r = req(&client, &[]);
+            r.region = "r0";
+            r.zone = "z0";
+            r.limit = limit;
+            r.seed = seed;
+            let out = run(&cands, &live, &r).unwrap();
+            prop_assert_eq!(out.len(), cands.len().min(limit));
+        }
+
+        #[test]
+        fn records_at_the_decode_bounds_rank(
+            n in 1usize..8, client in "[a-z]{1,8}",
+        ) {
+            let cands: Vec<Candidate> = (0..n)
+                .map(|i| {
+                    let json = format!(
+                        r#"{{"id":"g{i}","addrs":{{"tcp":"127.0.0.1:7200"}},"capacity":{MAX_CAPACITY},"load":{{"connections":{MAX_CONNECTIONS}}}}}"#
+                    );
+                    let rec = switchyard_registry::GatewayRecord::from_json(json.as_bytes()).unwrap();
+                    Candidate::from_record(&rec, false)
+                })
+                .collect();
+            let live = Fixed { pending: vec![u64::MAX; n], ejected: vec![false; n] };
+            let out = run(&cands, &live, &req(&client, &[])).unwrap();
+            prop_assert_eq!(out.len(), n.min(3));
         }
 
         #[test]

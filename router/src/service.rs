@@ -5,61 +5,49 @@ use std::cell::RefCell;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use futures::Stream;
+use switchyard_proto::limits::{
+    DEFAULT_ROUTE_LIMIT, MAX_CLIENT_ID, MAX_FIELD, MAX_ROUTE_LIMIT, MAX_ROUTE_LIST,
+};
 use switchyard_proto::v1::{
     self as pb, DrainRequest, DrainResponse, Explanation, GatewaysUpdate, ListGatewaysRequest,
     ListGatewaysResponse, RouteRequest, RouteResponse, RoutedGateway, UndrainRequest,
     UndrainResponse, WatchGatewaysRequest,
 };
 use switchyard_registry::etcd_client::Client;
-use switchyard_registry::{DrainRecord, GatewayId, Prefix, view as registry_view};
+use switchyard_registry::{Contact, DrainRecord, GatewayId, GatewayRecord, fleet};
 use tokio::sync::{mpsc, watch};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
-use crate::config::Config;
+use crate::config::{Config, ValidConfig};
 use crate::ranking::{self, Placed, Protocol};
-use crate::view::{Current, Gateway, Handouts, LiveView, Outliers, View, now_ms};
-
-/// Longest accepted `client_id` (DESIGN contract 2).
-pub const MAX_CLIENT_ID: usize = 256;
-/// Largest `limit`.
-pub const MAX_LIMIT: u32 = 16;
-/// `limit` when the request leaves it at 0.
-pub const DEFAULT_LIMIT: u32 = 3;
-/// Most `exclude` entries and most `failures` per request; more is refused, not truncated.
-pub const MAX_LIST: usize = 64;
-/// Longest region, zone, network or reason string.
-pub const MAX_FIELD: usize = 256;
+use crate::view::{Ejector, Gateway, Handouts, LiveView, View, now_ms};
 
 /// Everything the services share.
-pub struct State {
+pub(crate) struct State {
     /// Validated configuration.
-    pub config: Config,
-    /// Registry prefix.
-    pub prefix: Prefix,
+    pub(crate) config: ValidConfig,
     /// etcd client for Admin writes.
-    pub client: Client,
-    /// The view every Route reads.
-    pub current: Current,
-    /// The same views as a change feed, for WatchGateways.
-    pub changes: watch::Sender<Arc<View>>,
+    pub(crate) client: Client,
+    /// The view every Route reads, and its change signal for WatchGateways, in one cell:
+    /// a subscriber can never see a view without its notification or the other way round.
+    pub(crate) view: watch::Sender<Arc<View>>,
+    /// The registry watcher's own contact channel: whether etcd answers and when it last
+    /// did (the age of what we serve). Read where needed, never copied.
+    pub(crate) contact: watch::Receiver<Contact>,
     /// Client → gateway hand-outs in the pending window.
-    pub handouts: Handouts,
-    /// Failure reports and ejections.
-    pub outliers: Outliers,
-    /// When etcd last answered (Unix ms, 0 = never): the age of what we serve.
-    pub contact_ms: AtomicI64,
-    /// Whether the watch stream is up right now.
-    pub connected: AtomicBool,
+    pub(crate) handouts: Handouts,
+    /// Turns failure reports into ejections under the cap.
+    pub(crate) ejector: Ejector,
     /// Route calls answered since start (any outcome), so `switchyardctl top` can show a
     /// rate without scraping Prometheus.
-    pub routes_total: AtomicU64,
+    pub(crate) routes_total: AtomicU64,
     /// Metric handles of the Route path, looked up once.
-    pub route_metrics: RouteMetrics,
+    pub(crate) route_metrics: RouteMetrics,
 }
 
 /// The Route path's metric handles. The `counter!`/`histogram!` macros look the series up
@@ -67,7 +55,7 @@ pub struct State {
 /// of Routes a second that is measurable, so the handles are resolved once. Build it after
 /// the recorder is installed (handles made before are no-ops).
 #[derive(Debug)]
-pub struct RouteMetrics {
+pub(crate) struct RouteMetrics {
     ok: metrics::Counter,
     invalid_argument: metrics::Counter,
     unavailable: metrics::Counter,
@@ -78,7 +66,7 @@ pub struct RouteMetrics {
 
 impl RouteMetrics {
     /// Resolves the handles against the installed recorder.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let routes = |code: &'static str| metrics::counter!("switchyard_router_routes_total", "code" => code);
         Self {
             ok: routes("ok"),
@@ -104,28 +92,32 @@ impl RouteMetrics {
     }
 }
 
-impl Default for RouteMetrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl std::fmt::Debug for State {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("State")
-            .field("prefix", &self.prefix)
-            .field("revision", &self.current.load().revision)
+            .field("prefix", self.config.prefix())
+            .field("revision", &self.view.borrow().revision)
             .finish_non_exhaustive()
     }
 }
 
 impl State {
-    /// How old the served view is: time since etcd last answered.
-    pub fn snapshot_age_ms(&self, now: i64) -> u64 {
-        match self.contact_ms.load(Ordering::Relaxed) {
-            0 => 0,
-            t => (now - t).max(0) as u64,
-        }
+    /// The view to answer from.
+    pub(crate) fn view(&self) -> Arc<View> {
+        self.view.borrow().clone()
+    }
+
+    /// Whether the registry watch is in touch with etcd right now.
+    pub(crate) fn etcd_connected(&self) -> bool {
+        self.contact.borrow().connected
+    }
+
+    /// How old the served view is: time since etcd last answered (0 before it ever did).
+    pub(crate) fn snapshot_age_ms(&self) -> u64 {
+        self.contact
+            .borrow()
+            .last
+            .map_or(0, |t| t.elapsed().as_millis() as u64)
     }
 }
 
@@ -195,7 +187,11 @@ fn check_route<T>(state: &State, req: &Request<T>) -> Result<(), Status> {
 
 /// The caller's IP: the peer, or the client named in `x-forwarded-for` when the peer is a
 /// trusted proxy (the right-most address not itself a trusted proxy).
-pub fn caller_ip(config: &Config, peer: Option<IpAddr>, forwarded: Option<&str>) -> Option<IpAddr> {
+pub(crate) fn caller_ip(
+    config: &Config,
+    peer: Option<IpAddr>,
+    forwarded: Option<&str>,
+) -> Option<IpAddr> {
     let peer = peer?;
     if !config.trusts(peer) {
         return Some(peer);
@@ -219,16 +215,16 @@ pub fn caller_ip(config: &Config, peer: Option<IpAddr>, forwarded: Option<&str>)
 
 /// `Router` service.
 #[derive(Debug, Clone)]
-pub struct RouterService {
+pub(crate) struct RouterService {
     /// Shared state.
-    pub state: Arc<State>,
+    pub(crate) state: Arc<State>,
 }
 
 /// `Admin` service.
 #[derive(Debug, Clone)]
-pub struct AdminService {
+pub(crate) struct AdminService {
     /// Shared state.
-    pub state: Arc<State>,
+    pub(crate) state: Arc<State>,
 }
 
 impl RouterService {
@@ -260,10 +256,10 @@ impl RouterService {
                 ),
             ));
         }
-        if r.limit > MAX_LIMIT {
+        if r.limit > MAX_ROUTE_LIMIT {
             return Err(invalid(
                 "limit",
-                format!("limit {} is over the maximum {MAX_LIMIT}", r.limit),
+                format!("limit {} is over the maximum {MAX_ROUTE_LIMIT}", r.limit),
             ));
         }
         let Some(protocol) = Protocol::parse(&r.protocol) else {
@@ -281,30 +277,37 @@ impl RouterService {
                 format!("region, zone and network are at most {MAX_FIELD} bytes"),
             ));
         }
-        if r.exclude.len() > MAX_LIST || r.failures.len() > MAX_LIST {
+        if r.exclude.len() > MAX_ROUTE_LIST || r.failures.len() > MAX_ROUTE_LIST {
             return Err(invalid(
                 "list",
-                format!("exclude and failures hold at most {MAX_LIST} entries"),
+                format!("exclude and failures hold at most {MAX_ROUTE_LIST} entries"),
             ));
         }
-        let limit = if r.limit == 0 { DEFAULT_LIMIT } else { r.limit } as usize;
+        let limit = if r.limit == 0 {
+            DEFAULT_ROUTE_LIMIT
+        } else {
+            r.limit
+        } as usize;
+        // A preview or an explanation answers like a login but changes nothing: no
+        // hand-out is counted and no failure report is believed.
+        let dry_run = r.dry_run || r.explain;
         let now = now_ms();
         let (region, zone) = match located {
             Some(rule) => (rule.region.as_str(), rule.zone.as_str()),
             None => (r.region.as_str(), r.zone.as_str()),
         };
-        let view = state.current.load();
+        let view = state.view();
         if !view.is_loaded() {
             return Err(Status::unavailable(
                 "the router has not loaded the registry yet",
             ));
         }
         let client_hash = ranking::stable_hash(r.client_id.as_bytes());
-        for f in &r.failures {
+        for f in r.failures.iter().filter(|_| !dry_run) {
             if let Some(i) = view.index_of(&f.gateway_id) {
                 let at = if f.at_unix_ms == 0 { now } else { f.at_unix_ms };
                 if state
-                    .outliers
+                    .ejector
                     .report(&state.config.outlier, &view, i, client_hash, at, now)
                 {
                     metrics::counter!("switchyard_router_ejections_total").increment(1);
@@ -337,7 +340,7 @@ impl RouterService {
                 out,
             )
             .map_err(|e| Status::unavailable(e.to_string()))?;
-            if let Some(first) = out.first() {
+            if let Some(first) = out.first().filter(|_| !dry_run) {
                 state
                     .handouts
                     .record(client_hash, &view.gateways[first.index].shared);
@@ -367,7 +370,7 @@ impl RouterService {
                 valid_for_ms: state.config.valid_for.as_millis() as u64,
                 policy: Some(policy.to_proto()),
                 explanation,
-                snapshot_age_ms: state.snapshot_age_ms(now),
+                snapshot_age_ms: state.snapshot_age_ms(),
             })
         })
     }
@@ -421,10 +424,10 @@ fn explain(
         .collect()
 }
 
-/// A gateway as `ListGateways` and `WatchGateways` show it.
-pub fn gateway_proto(g: &Gateway) -> pb::Gateway {
-    let r = &g.record;
-    let ejected = g.shared.ejected_until_ms.load(Ordering::Relaxed);
+/// A registry record (and its ops drain) as the API shows it: the one conversion, used by
+/// the service and by `switchyardctl` when it reads etcd directly. Live counters (pending
+/// hand-outs, ejection) are a router's own and left at zero.
+pub fn gateway_proto(r: &GatewayRecord, drain: Option<&DrainRecord>) -> pb::Gateway {
     pb::Gateway {
         id: r.id.clone(),
         state: r.state.as_str().into(),
@@ -436,18 +439,24 @@ pub fn gateway_proto(g: &Gateway) -> pb::Gateway {
         weight: r.weight,
         connections: r.load.connections,
         cpu: r.load.cpu,
-        pending: g.shared.pending.load(Ordering::Relaxed),
+        pending: 0,
         version: r.version.clone(),
         labels: r.labels.clone().into_iter().collect(),
         started_at_unix_ms: r.started_at.map_or(0, |t| t.timestamp_millis()),
         updated_at_unix_ms: r.updated_at.map_or(0, |t| t.timestamp_millis()),
-        ops_drained: g.drain.is_some(),
-        drain_reason: g
-            .drain
-            .as_ref()
-            .map(|d| d.reason.clone())
-            .unwrap_or_default(),
-        ejected_until_unix_ms: if ejected > now_ms() { ejected } else { 0 },
+        ops_drained: drain.is_some(),
+        drain_reason: drain.map(|d| d.reason.clone()).unwrap_or_default(),
+        ejected_until_unix_ms: 0,
+    }
+}
+
+/// A gateway of this router's view as `ListGateways` and `WatchGateways` show it.
+fn live_gateway_proto(g: &Gateway, now_ms: i64) -> pb::Gateway {
+    let until = g.shared.ejected_until_ms();
+    pb::Gateway {
+        pending: g.shared.pending.load(Ordering::Relaxed),
+        ejected_until_unix_ms: if until > now_ms { until } else { 0 },
+        ..gateway_proto(&g.record, g.drain.as_deref())
     }
 }
 
@@ -470,12 +479,17 @@ impl pb::router_server::Router for RouterService {
         req: Request<ListGatewaysRequest>,
     ) -> Result<Response<ListGatewaysResponse>, Status> {
         check_route(&self.state, &req)?;
-        let view = self.state.current.load();
+        let view = self.state.view();
+        let now = now_ms();
         Ok(Response::new(ListGatewaysResponse {
-            gateways: view.gateways.iter().map(gateway_proto).collect(),
+            gateways: view
+                .gateways
+                .iter()
+                .map(|g| live_gateway_proto(g, now))
+                .collect(),
             revision: view.revision,
-            snapshot_age_ms: self.state.snapshot_age_ms(now_ms()),
-            etcd_connected: self.state.connected.load(Ordering::Relaxed),
+            snapshot_age_ms: self.state.snapshot_age_ms(),
+            etcd_connected: self.state.etcd_connected(),
             routes_total: self.state.routes_total.load(Ordering::Relaxed),
         }))
     }
@@ -487,7 +501,7 @@ impl pb::router_server::Router for RouterService {
         req: Request<WatchGatewaysRequest>,
     ) -> Result<Response<UpdateStream>, Status> {
         check_route(&self.state, &req)?;
-        let mut changes = self.state.changes.subscribe();
+        let mut changes = self.state.view.subscribe();
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(async move {
             let mut prev: Option<Arc<View>> = None;
@@ -515,12 +529,17 @@ impl pb::router_server::Router for RouterService {
 }
 
 /// What changed between two views (everything, as `full`, when there is no previous one).
-pub fn diff(prev: Option<&View>, next: &View) -> GatewaysUpdate {
+fn diff(prev: Option<&View>, next: &View) -> GatewaysUpdate {
+    let now = now_ms();
     let Some(prev) = prev else {
         return GatewaysUpdate {
             revision: next.revision,
             full: true,
-            upserted: next.gateways.iter().map(gateway_proto).collect(),
+            upserted: next
+                .gateways
+                .iter()
+                .map(|g| live_gateway_proto(g, now))
+                .collect(),
             removed: Vec::new(),
         };
     };
@@ -533,7 +552,7 @@ pub fn diff(prev: Option<&View>, next: &View) -> GatewaysUpdate {
                 old.record != g.record || old.drain != g.drain
             })
         })
-        .map(gateway_proto)
+        .map(|g| live_gateway_proto(g, now))
         .collect();
     let removed = prev
         .candidates
@@ -575,7 +594,7 @@ impl pb::admin_server::Admin for AdminService {
             at: Some(chrono::Utc::now()),
         };
         let revision =
-            registry_view::put_drain(&self.state.client, &self.state.prefix, &id, &drain)
+            fleet::put_drain(&self.state.client, self.state.config.prefix(), &id, &drain)
                 .await
                 .map_err(|e| Status::unavailable(format!("etcd: {e}")))?;
         tracing::info!(gateway = %id, reason = %drain.reason, by = %drain.by, "ops drain written");
@@ -588,7 +607,7 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<UndrainResponse>, Status> {
         check_admin(&self.state, &req)?;
         let id = gateway_id(&req.get_ref().gateway_id)?;
-        let existed = registry_view::delete_drain(&self.state.client, &self.state.prefix, &id)
+        let existed = fleet::delete_drain(&self.state.client, self.state.config.prefix(), &id)
             .await
             .map_err(|e| Status::unavailable(format!("etcd: {e}")))?;
         tracing::info!(gateway = %id, existed, "ops drain removed");
@@ -636,5 +655,86 @@ mod tests {
         assert!(same_secret("abcdefgh", "abcdefgh"));
         assert!(!same_secret("abcdefgh", "abcdefgX"));
         assert!(!same_secret("abcdefgh", "abcdefg"));
+    }
+
+    /// A router state over `gateways` (all serving, capacity 100), with an etcd client
+    /// that never connects: Route does not touch etcd.
+    async fn state(gateways: &[&str]) -> Arc<State> {
+        let mut snap = switchyard_registry::Snapshot {
+            revision: 1,
+            ..Default::default()
+        };
+        for id in gateways {
+            let json =
+                format!(r#"{{"id":"{id}","addrs":{{"tcp":"127.0.0.1:7200"}},"capacity":100}}"#);
+            let rec = GatewayRecord::from_json(json.as_bytes()).unwrap();
+            snap.items.insert(
+                format!("gateways/{id}"),
+                Arc::new(switchyard_registry::Entry::Gateway(rec)),
+            );
+        }
+        let view = crate::view::Builder::default().build(&snap, now_ms());
+        let client = Client::connect(["127.0.0.1:1"], None).await.unwrap();
+        let (_, contact) = watch::channel(Contact {
+            connected: true,
+            last: None,
+        });
+        Arc::new(State {
+            config: Config::default().validate().unwrap(),
+            client,
+            view: watch::Sender::new(Arc::new(view)),
+            contact,
+            handouts: Handouts::default(),
+            ejector: Ejector::default(),
+            routes_total: AtomicU64::new(0),
+            route_metrics: RouteMetrics::new(),
+        })
+    }
+
+    fn pending(state: &State) -> u64 {
+        state
+            .view()
+            .gateways
+            .iter()
+            .map(|g| g.shared.pending.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    fn failing(client: &str, gateway: &str, dry_run: bool, explain: bool) -> RouteRequest {
+        RouteRequest {
+            client_id: client.into(),
+            failures: vec![pb::Failure {
+                gateway_id: gateway.into(),
+                reason: "connect refused".into(),
+                at_unix_ms: 0,
+            }],
+            dry_run,
+            explain,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dry_run_route_changes_neither_load_nor_ejection() {
+        let state = state(&["a", "b", "c", "d"]).await;
+        let svc = RouterService {
+            state: state.clone(),
+        };
+        for (n, (dry_run, explain)) in [(true, false), (false, true)].into_iter().enumerate() {
+            for client in 0..5 {
+                let req = failing(&format!("c{n}-{client}"), "a", dry_run, explain);
+                let resp = svc.route_now(Request::new(req)).unwrap();
+                assert!(!resp.gateways.is_empty());
+            }
+            assert_eq!(pending(&state), 0, "previews are not hand-outs");
+            assert_eq!(state.view().ejected(now_ms()), 0, "previews report nothing");
+        }
+        // The same requests for real do both.
+        for client in 0..5 {
+            let req = failing(&format!("real-{client}"), "a", false, false);
+            svc.route_now(Request::new(req)).unwrap();
+        }
+        assert_eq!(pending(&state), 5);
+        assert_eq!(state.view().ejected(now_ms()), 1);
     }
 }

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use switchyard_registry::{DrainRecord, GatewayId, GatewayState, view};
+use switchyard_registry::{DrainRecord, GatewayId, GatewayState, fleet};
 use switchyard_tests::agent::{AgentProcess, record};
 use switchyard_tests::{CutProxy, Etcd, eventually, init_tracing, unique_prefix};
 
@@ -121,7 +121,7 @@ async fn ops_drain_and_undrain_through_the_drain_key() {
         by: "ops".into(),
         at: Some(chrono::Utc::now()),
     };
-    view::put_drain(&client, &prefix, &id, &drain)
+    fleet::put_drain(&client, &prefix, &id, &drain)
         .await
         .unwrap();
     let asked = Instant::now();
@@ -141,7 +141,7 @@ async fn ops_drain_and_undrain_through_the_drain_key() {
     );
 
     // A garbage drain value is not a drain, and does not disturb the agent.
-    assert!(view::delete_drain(&client, &prefix, &id).await.unwrap());
+    assert!(fleet::delete_drain(&client, &prefix, &id).await.unwrap());
     eventually(WAIT, "serving after undrain", || {
         state_is(&client, &prefix, "gw-ops", GatewayState::Serving)
     })

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use switchyard_gateway_agent::agent;
 use switchyard_registry::{
-    Addrs, DrainRecord, EtcdConfig, GatewayId, GatewayState, LeaseState, view,
+    Addrs, DrainRecord, EtcdConfig, GatewayId, GatewayState, LeaseState, fleet,
 };
 use switchyard_tests::agent::{AgentProcess, command, record};
 use switchyard_tests::{Etcd, eventually, init_tracing, unique_prefix};
@@ -258,7 +258,7 @@ async fn embedded_agent_reports_drains_and_shuts_down() {
         by: "test".into(),
         at: None,
     };
-    view::put_drain(&client, &prefix, &id, &drain)
+    fleet::put_drain(&client, &prefix, &id, &drain)
         .await
         .unwrap();
     tokio::time::timeout(WAIT, ops.wait_for(Option::is_some))
@@ -271,7 +271,7 @@ async fn embedded_agent_reports_drains_and_shuts_down() {
         (r.state == GatewayState::Draining).then_some(())
     })
     .await;
-    view::delete_drain(&client, &prefix, &id).await.unwrap();
+    fleet::delete_drain(&client, &prefix, &id).await.unwrap();
     a.set_healthy(true);
     eventually(WAIT, "serving after undrain", || async {
         let (r, _) = record(&client, &prefix, "gw-lib").await?;

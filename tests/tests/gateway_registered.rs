@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use switchyard_proto::wire::Frame;
-use switchyard_registry::{DrainRecord, GatewayId, GatewayState, Prefix, view};
+use switchyard_registry::{DrainRecord, GatewayId, GatewayState, Prefix, fleet};
 use switchyard_tests::agent::record;
 use switchyard_tests::rawclient::{Proto, RawClient};
 use switchyard_tests::{Child, Etcd, Launch, bin_path, eventually, start, unique_prefix};
@@ -141,7 +141,7 @@ async fn an_ops_drain_makes_the_gateway_drain_and_exit() {
         by: "test".into(),
         at: Some(chrono::Utc::now()),
     };
-    view::put_drain(&client, &prefix, &GatewayId::new("gw-ops").unwrap(), &drain)
+    fleet::put_drain(&client, &prefix, &GatewayId::new("gw-ops").unwrap(), &drain)
         .await
         .unwrap();
     match c.frame(WAIT).await {

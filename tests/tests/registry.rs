@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use etcd_client::{Client, GetOptions};
 use switchyard_registry::{
-    GatewayId, LeaseSession, LeaseState, Prefix, Registration, WatcherConfig, view,
+    GatewayId, LeaseSession, LeaseState, Prefix, Registration, WatcherConfig, fleet,
 };
 use switchyard_tests::{CutProxy, Etcd, EtcdCluster, eventually, init_tracing, unique_prefix};
 
@@ -332,10 +332,10 @@ async fn watcher_resyncs_to_the_live_key_set_after_compaction_while_cut_off() {
         silence_timeout: Duration::from_secs(2),
         ..WatcherConfig::default()
     };
-    let watcher = view::watch(through_proxy, &prefix, config);
+    let watcher = fleet::watch(through_proxy, &prefix, config);
     let mut snaps = watcher.snapshots();
     eventually(Duration::from_secs(5), "initial list", || {
-        let n = view::gateways(&snaps.borrow_and_update()).count();
+        let n = fleet::gateways(&snaps.borrow_and_update()).count();
         async move { (n == 5).then_some(()) }
     })
     .await;
@@ -372,7 +372,7 @@ async fn watcher_resyncs_to_the_live_key_set_after_compaction_while_cut_off() {
         "watcher resynced to the live set",
         || {
             let snap = snaps.borrow_and_update().clone();
-            let ids: Vec<String> = view::gateways(&snap).map(|g| g.id.clone()).collect();
+            let ids: Vec<String> = fleet::gateways(&snap).map(|g| g.id.clone()).collect();
             let ok = ids == expected && snap.revision >= rev;
             async move { ok.then_some(()) }
         },
@@ -392,7 +392,7 @@ async fn leader_killed_in_a_three_member_cluster_loses_no_key_and_the_watch_cont
         let reg = registration(&prefix, &format!("gw-{i}"), 5);
         sessions.push(LeaseSession::register(client.clone(), reg).await.unwrap());
     }
-    let watcher = view::watch(
+    let watcher = fleet::watch(
         client.clone(),
         &prefix,
         WatcherConfig {
@@ -403,7 +403,7 @@ async fn leader_killed_in_a_three_member_cluster_loses_no_key_and_the_watch_cont
     );
     let mut snaps = watcher.snapshots();
     eventually(Duration::from_secs(5), "watcher sees 5", || {
-        let n = view::gateways(&snaps.borrow_and_update()).count();
+        let n = fleet::gateways(&snaps.borrow_and_update()).count();
         async move { (n == 5).then_some(()) }
     })
     .await;
@@ -431,7 +431,7 @@ async fn leader_killed_in_a_three_member_cluster_loses_no_key_and_the_watch_cont
     )
     .await;
     eventually(Duration::from_secs(10), "watcher sees the new key", || {
-        let n = view::gateways(&snaps.borrow_and_update()).count();
+        let n = fleet::gateways(&snaps.borrow_and_update()).count();
         async move { (n == 6).then_some(()) }
     })
     .await;
@@ -482,7 +482,7 @@ async fn garbage_values_are_skipped_and_counted_while_every_good_record_is_seen(
         .await
         .unwrap();
 
-    let watcher = view::watch(c.clone(), &prefix, WatcherConfig::default());
+    let watcher = fleet::watch(c.clone(), &prefix, WatcherConfig::default());
     let mut snaps = watcher.snapshots();
     eventually(Duration::from_secs(5), "initial list", || {
         let loaded = snaps.borrow_and_update().is_loaded();
@@ -499,14 +499,16 @@ async fn garbage_values_are_skipped_and_counted_while_every_good_record_is_seen(
 
     let snap = eventually(Duration::from_secs(5), "watch events applied", || {
         let s = snaps.borrow_and_update().clone();
-        let ok = s.rejected.len() == 4 && view::gateways(&s).count() == 2;
+        let ok = s.rejected.len() == 4 && fleet::gateways(&s).count() == 2;
         async move { ok.then_some(s) }
     })
     .await;
-    let ids: Vec<&str> = view::gateways(&snap).map(|g| g.id.as_str()).collect();
+    let ids: Vec<&str> = fleet::gateways(&snap).map(|g| g.id.as_str()).collect();
     assert_eq!(ids, ["gw-1", "gw-2"]);
     assert_eq!(
-        view::drains(&snap).map(|(id, _)| id).collect::<Vec<_>>(),
+        fleet::drains(&snap)
+            .map(|(id, _)| id.as_str())
+            .collect::<Vec<_>>(),
         ["gw-1"]
     );
     let rejected: Vec<&str> = snap.rejected.keys().map(String::as_str).collect();
@@ -527,7 +529,7 @@ async fn garbage_values_are_skipped_and_counted_while_every_good_record_is_seen(
         .unwrap();
     eventually(Duration::from_secs(5), "fixed record seen", || {
         let s = snaps.borrow_and_update().clone();
-        let ok = s.rejected.len() == 3 && view::gateways(&s).count() == 3;
+        let ok = s.rejected.len() == 3 && fleet::gateways(&s).count() == 3;
         async move { ok.then_some(()) }
     })
     .await;

@@ -265,8 +265,8 @@ async fn zone_then_region_preference_and_spill() {
     router.stop().await;
 }
 
-fn toml_rule(cidr: &str, region: &str, zone: &str) -> switchyard_router::config::LocalityRule {
-    switchyard_router::config::LocalityRule {
+fn toml_rule(cidr: &str, region: &str, zone: &str) -> switchyard_router::LocalityRule {
+    switchyard_router::LocalityRule {
         cidr: cidr.parse().unwrap(),
         region: region.into(),
         zone: zone.into(),

@@ -282,7 +282,7 @@ async fn start_floor() -> Result<String> {
         gateways,
         revision: 12_345,
         valid_for_ms: 30_000,
-        policy: Some(switchyard_router::config::Policy::default().to_proto()),
+        policy: Some(switchyard_router::Policy::default().to_proto()),
         explanation: Vec::new(),
         snapshot_age_ms: 3,
     };

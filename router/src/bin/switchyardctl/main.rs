@@ -173,6 +173,8 @@ async fn run(cli: Cli) -> Result<()> {
                 network: network.clone(),
                 limit: *limit,
                 explain: true,
+                // A preview: no hand-out is counted, so asking does not move real clients.
+                dry_run: true,
                 ..Default::default()
             };
             let resp = router
@@ -282,65 +284,25 @@ async fn gateways(cli: &Cli) -> Result<()> {
 
 /// The registry read straight from etcd, shaped like a router's answer.
 async fn from_etcd(cli: &Cli) -> Result<pb::ListGatewaysResponse> {
-    use switchyard_registry::etcd_client::GetOptions;
+    use switchyard_registry::fleet;
     let prefix = cli.registry.prefix()?;
     let client = cli.registry.etcd_config()?.connect().await?;
-    let mut c = client.clone();
-    let resp = tokio::time::timeout(
-        cli.timeout,
-        c.get(prefix.root(), Some(GetOptions::new().with_prefix())),
-    )
-    .await
-    .context("etcd did not answer in time: check --etcd and that etcd is running")?
-    .context("reading the registry from etcd")?;
-    let decode = switchyard_registry::view::decoder(&prefix);
-    let mut gateways = Vec::new();
-    let mut drains = std::collections::BTreeMap::new();
-    for kv in resp.kvs() {
-        let Some(rel) = kv
-            .key_str()
-            .ok()
-            .and_then(|k| k.strip_prefix(&prefix.root()))
-        else {
-            continue;
-        };
-        match decode(rel, kv.value()) {
-            Ok(Some(switchyard_registry::Entry::Gateway(g))) => gateways.push(g),
-            Ok(Some(switchyard_registry::Entry::Drain(d))) => {
-                drains.insert(rel.trim_start_matches("drain/").to_owned(), d);
-            }
-            Ok(None) => {}
-            Err(reason) => eprintln!("switchyardctl: skipping {rel}: {reason}"),
-        }
+    let snap = tokio::time::timeout(cli.timeout, fleet::load(&client, &prefix))
+        .await
+        .context("etcd did not answer in time: check --etcd and that etcd is running")?
+        .context("reading the registry from etcd")?;
+    for (key, reason) in &snap.rejected {
+        eprintln!("switchyardctl: skipping {key}: {reason}");
     }
-    let gateways = gateways
-        .into_iter()
-        .map(|g| {
-            let drain = drains.get(&g.id);
-            pb::Gateway {
-                state: g.state.as_str().to_owned(),
-                tcp_addr: g.addrs.tcp.clone().unwrap_or_default(),
-                ws_addr: g.addrs.ws.clone().unwrap_or_default(),
-                capacity: g.capacity,
-                weight: g.weight,
-                connections: g.load.connections,
-                cpu: g.load.cpu,
-                version: g.version.clone(),
-                labels: g.labels.clone().into_iter().collect(),
-                started_at_unix_ms: g.started_at.map_or(0, |t| t.timestamp_millis()),
-                updated_at_unix_ms: g.updated_at.map_or(0, |t| t.timestamp_millis()),
-                ops_drained: drain.is_some(),
-                drain_reason: drain.map(|d| d.reason.clone()).unwrap_or_default(),
-                region: g.region,
-                zone: g.zone,
-                id: g.id,
-                ..Default::default()
-            }
-        })
+    let drains: std::collections::HashMap<&str, _> = fleet::drains(&snap)
+        .map(|(id, d)| (id.as_str(), d))
+        .collect();
+    let gateways = fleet::gateways(&snap)
+        .map(|g| switchyard_router::gateway_proto(g, drains.get(g.id.as_str()).copied()))
         .collect();
     Ok(pb::ListGatewaysResponse {
         gateways,
-        revision: resp.header().map_or(0, |h| h.revision()),
+        revision: snap.revision,
         snapshot_age_ms: 0,
         etcd_connected: true,
         routes_total: 0,

@@ -1,9 +1,10 @@
-//! The whole registry (`P/`) decoded: gateway records and ops drains in one consistent
-//! snapshot, plus the few writes tools make (ops drain and undrain).
+//! The fleet as the registry holds it (`P/`): gateway records and ops drains decoded in one
+//! consistent snapshot, kept current ([`watch`]) or read once ([`load`]), plus the few
+//! writes tools make (ops drain and undrain).
 
 use std::sync::Arc;
 
-use etcd_client::Client;
+use etcd_client::{Client, GetOptions};
 
 use crate::keys::{GatewayId, KeyKind, Prefix};
 use crate::record::{DrainRecord, GatewayRecord};
@@ -14,48 +15,85 @@ use crate::watcher::{Decoder, PrefixWatcher, Snapshot, WatcherConfig};
 pub enum Entry {
     /// `P/gateways/<id>`.
     Gateway(GatewayRecord),
-    /// `P/drain/<id>`.
-    Drain(DrainRecord),
+    /// `P/drain/<id>`, with the id parsed from the key, so no reader takes the key apart
+    /// again.
+    Drain(GatewayId, DrainRecord),
 }
 
 /// A [`PrefixWatcher`] over `P/` that decodes gateways and drains.
-pub type RegistryView = PrefixWatcher<Entry>;
+pub type Fleet = PrefixWatcher<Entry>;
 
-/// The decoder for [`RegistryView`]: gateway records are validated (and must name the id
+/// The decoder for [`Fleet`]: gateway records are validated (and must name the id
 /// in their key), drains must be JSON objects, other keys are ignored.
 pub fn decoder(prefix: &Prefix) -> Decoder<Entry> {
     let prefix = prefix.clone();
-    Arc::new(move |key: &str, value: &[u8]| match prefix.classify(key) {
+    Arc::new(move |key: &str, value: &[u8]| decode(&prefix, key, value))
+}
+
+fn decode(prefix: &Prefix, key: &str, value: &[u8]) -> Result<Option<Entry>, String> {
+    match prefix.classify(key) {
         Some(KeyKind::Gateway(id)) => GatewayRecord::from_key_value(id, value)
             .map(|r| Some(Entry::Gateway(r)))
             .map_err(|e| e.to_string()),
         Some(KeyKind::Drain(id)) => {
-            crate::keys::validate_id(id).map_err(|e| e.to_string())?;
+            let id = GatewayId::new(id).map_err(|e| e.to_string())?;
             DrainRecord::from_json(value)
-                .map(|d| Some(Entry::Drain(d)))
+                .map(|d| Some(Entry::Drain(id, d)))
                 .map_err(|e| e.to_string())
         }
         None => Ok(None),
-    })
+    }
 }
 
 /// Starts watching the whole registry under `prefix`.
-pub fn watch(client: Client, prefix: &Prefix, config: WatcherConfig) -> RegistryView {
+pub fn watch(client: Client, prefix: &Prefix, config: WatcherConfig) -> Fleet {
     PrefixWatcher::spawn(client, prefix.root(), decoder(prefix), config)
+}
+
+/// Reads the whole registry once (for tools that need no watch): the same decoding as
+/// [`watch`], values that do not parse land in [`Snapshot::rejected`].
+pub async fn load(client: &Client, prefix: &Prefix) -> Result<Snapshot<Entry>, etcd_client::Error> {
+    let root = prefix.root();
+    let resp = crate::etcd::retry(|| {
+        let mut c = client.clone();
+        let root = root.clone();
+        async move { c.get(root, Some(GetOptions::new().with_prefix())).await }
+    })
+    .await?;
+    let mut snap = Snapshot {
+        // At least 1, so a loaded empty registry still reads as loaded.
+        revision: resp.header().map_or(0, |h| h.revision()).max(1),
+        ..Snapshot::default()
+    };
+    for kv in resp.kvs() {
+        let Some(rel) = kv.key_str().ok().and_then(|k| k.strip_prefix(&root)) else {
+            continue;
+        };
+        match decode(prefix, rel, kv.value()) {
+            Ok(Some(entry)) => {
+                snap.items.insert(rel.to_owned(), Arc::new(entry));
+            }
+            Ok(None) => {}
+            Err(reason) => {
+                snap.rejected.insert(rel.to_owned(), reason);
+            }
+        }
+    }
+    Ok(snap)
 }
 
 /// Gateway records in a registry snapshot, by id.
 pub fn gateways(snapshot: &Snapshot<Entry>) -> impl Iterator<Item = &GatewayRecord> {
     snapshot.items.values().filter_map(|e| match e.as_ref() {
         Entry::Gateway(g) => Some(g),
-        Entry::Drain(_) => None,
+        Entry::Drain(..) => None,
     })
 }
 
 /// Ops drains in a registry snapshot: `(gateway id, drain)`.
-pub fn drains(snapshot: &Snapshot<Entry>) -> impl Iterator<Item = (&str, &DrainRecord)> {
-    snapshot.items.iter().filter_map(|(k, e)| match e.as_ref() {
-        Entry::Drain(d) => Some((k.strip_prefix("drain/").unwrap_or(k), d)),
+pub fn drains(snapshot: &Snapshot<Entry>) -> impl Iterator<Item = (&GatewayId, &DrainRecord)> {
+    snapshot.items.values().filter_map(|e| match e.as_ref() {
+        Entry::Drain(id, d) => Some((id, d)),
         Entry::Gateway(_) => None,
     })
 }
@@ -111,7 +149,13 @@ mod tests {
                 .unwrap_err()
                 .contains("does not match")
         );
-        assert!(matches!(d("drain/gw-1", b"{}"), Ok(Some(Entry::Drain(_)))));
+        assert_eq!(
+            d("drain/gw-1", b"{}"),
+            Ok(Some(Entry::Drain(
+                GatewayId::new("gw-1").unwrap(),
+                DrainRecord::default()
+            )))
+        );
         assert!(d("drain/bad id", b"{}").is_err());
         assert!(d("gateways/gw-1", b"garbage").is_err());
         assert!(matches!(d("something/else", b"garbage"), Ok(None)));
