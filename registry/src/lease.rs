@@ -333,6 +333,19 @@ impl Drop for LeaseSession {
 }
 
 /// The lease on the key, from the `or_else` get of a failed guarded transaction.
+/// One transaction, retried through etcd's transient errors like every other call.
+async fn txn_with_retry(
+    client: &Client,
+    txn: Txn,
+) -> Result<etcd_client::TxnResponse, etcd_client::Error> {
+    retry(|| {
+        let mut c = client.clone();
+        let txn = txn.clone();
+        async move { c.txn(txn).await }
+    })
+    .await
+}
+
 fn current_holder(resp: &etcd_client::TxnResponse) -> Option<i64> {
     resp.op_responses().into_iter().find_map(|r| match r {
         TxnOpResponse::Get(g) => Some(g.kvs().first().map_or(0, |kv| kv.lease())),
@@ -361,12 +374,7 @@ async fn create(
                 Some(PutOptions::new().with_lease(lease_id)),
             )])
             .or_else(vec![TxnOp::get(key, None)]);
-        let resp = retry(|| {
-            let mut c = client.clone();
-            let txn = txn.clone();
-            async move { c.txn(txn).await }
-        })
-        .await?;
+        let resp = txn_with_retry(client, txn).await?;
         if resp.succeeded() {
             return Ok(());
         }
@@ -400,12 +408,7 @@ async fn create(
                 value,
                 Some(PutOptions::new().with_lease(lease_id)),
             )]);
-        let resp = retry(|| {
-            let mut c = client.clone();
-            let txn = txn.clone();
-            async move { c.txn(txn).await }
-        })
-        .await?;
+        let resp = txn_with_retry(client, txn).await?;
         if resp.succeeded() {
             if holder_ttl > 0 {
                 warn!(

@@ -867,6 +867,8 @@ pub fn rank(
             });
             a = 1;
         }
+        // Deliberately the same two-choice loop as `rank_reference` (the oracle the proptest
+        // compares against): change both or neither.
         while a < seg.len() && out.len() < limit {
             let rest = seg.len() - a;
             let pick = if rest == 1 {

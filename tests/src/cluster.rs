@@ -242,6 +242,18 @@ impl Cluster {
         );
     }
 
+    /// Starts gateway `id` again with the spec it had (as its supervisor would after a
+    /// crash) and waits until every router hands it out. Panics when `id` never ran here.
+    pub async fn restart_gateway(&mut self, id: &str, limit: Duration) {
+        let spec = self
+            .gateways
+            .remove(id)
+            .map(|g| g.spec)
+            .unwrap_or_else(|| panic!("gateway {id} is not part of this cluster"));
+        self.add_gateway(spec).await;
+        self.wait_serving(&[id.to_owned()], limit).await;
+    }
+
     /// Waits until every router lists each of `ids` as serving.
     pub async fn wait_serving(&self, ids: &[String], limit: Duration) {
         for url in self.router_urls() {
