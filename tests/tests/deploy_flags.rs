@@ -54,7 +54,18 @@ fn usage(text: &str) -> (BTreeMap<&'static str, BTreeSet<String>>, BTreeSet<Stri
     let tokens = text.split(|c: char| {
         c.is_whitespace() || matches!(c, '"' | '\'' | ',' | '[' | ']' | '(' | ')' | ';')
     });
-    for token in tokens {
+    let mut prev = "";
+    for token in tokens.filter(|t| !t.is_empty()) {
+        let after = std::mem::replace(&mut prev, token);
+        // `cargo build -p switchyard-router --bin switchyardctl` (the demo's build) names
+        // packages and targets, not command lines of our binaries: its flags are cargo's.
+        if token == "cargo" {
+            current = None;
+            continue;
+        }
+        if matches!(after, "-p" | "--package" | "--bin") {
+            continue;
+        }
         let name = token.rsplit('/').next().unwrap_or(token);
         if let Some(bin) = BINARIES.iter().find(|b| name == **b) {
             current = Some(bin);
@@ -146,6 +157,14 @@ fn the_scanner_attributes_flags_to_the_right_binary() {
         BTreeSet::from(["--id".to_owned()])
     );
     assert_eq!(envs, BTreeSet::from(["SWITCHYARD_ETCD".to_owned()]));
+    let (flags, _) = usage(
+        "cargo build --release -p switchyard-router --bin switchyardctl --bin switchyard-router\nswitchyardctl --router x",
+    );
+    assert_eq!(
+        flags,
+        BTreeMap::from([("switchyardctl", BTreeSet::from(["--router".to_owned()]))]),
+        "a cargo command's flags belong to cargo"
+    );
 }
 
 /// One command line a deploy file starts one of our binaries with, and the environment it
