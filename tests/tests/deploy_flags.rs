@@ -184,13 +184,21 @@ fn our_binary(token: &str) -> Option<&'static str> {
 }
 
 /// `${VAR}` (systemd) and `$(VAR)` (Kubernetes) from `env`, as the service manager expands
-/// them before the binary sees its arguments.
+/// them before the binary sees its arguments; a `${VAR}` the environment lacks becomes
+/// empty, as systemd makes it (so a unit relying on an undocumented variable fails here).
 fn expand(arg: &str, env: &[(String, String)]) -> String {
     let mut out = arg.to_owned();
     for (k, v) in env {
         out = out
             .replace(&format!("${{{k}}}"), v)
             .replace(&format!("$({k})"), v);
+    }
+    // Bounded: each pass removes one `${…}`.
+    while let Some(start) = out.find("${") {
+        let Some(len) = out[start..].find('}') else {
+            break;
+        };
+        out.replace_range(start..=start + len, "");
     }
     out
 }
@@ -267,7 +275,11 @@ fn k8s_launches(path: &Path, text: &str) -> Vec<Launch> {
                     break;
                 }
                 if let Some(key) = t.strip_suffix(':').filter(|k| !k.contains(' ')) {
-                    section = if key == "args" || key == "env" { key } else { "other" };
+                    section = if key == "args" || key == "env" {
+                        key
+                    } else {
+                        "other"
+                    };
                     continue;
                 }
                 match section {
@@ -316,7 +328,10 @@ fn compose_launches(path: &Path, text: &str) -> Vec<Launch> {
             && k.starts_with("SWITCHYARD_")
         {
             let v = v.trim().trim_matches('"').to_owned();
-            anchors.entry(top.clone()).or_default().push((k.to_owned(), v));
+            anchors
+                .entry(top.clone())
+                .or_default()
+                .push((k.to_owned(), v));
         }
     }
     let mut out = Vec::new();
@@ -334,7 +349,10 @@ fn compose_launches(path: &Path, text: &str) -> Vec<Launch> {
             origin: format!("{} command {:?}", path.display(), items.get(2)),
             bin,
             args: items[1..].to_vec(),
-            env: anchors.get(&format!("x-{kind}")).cloned().unwrap_or_default(),
+            env: anchors
+                .get(&format!("x-{kind}"))
+                .cloned()
+                .unwrap_or_default(),
         });
     }
     out
@@ -371,7 +389,10 @@ fn mounted_files(k8s: &Path, dir: &Path) -> Vec<(String, String)> {
             }
         }
     }
-    assert!(toml.contains("[[locality]]"), "found the ConfigMap's router.toml");
+    assert!(
+        toml.contains("[[locality]]"),
+        "found the ConfigMap's router.toml"
+    );
     let token = text
         .lines()
         .find_map(|l| l.trim().strip_prefix("admin-token:"))
@@ -421,7 +442,11 @@ fn every_deploy_command_line_passes_its_binarys_check() {
         "found {} command lines: {launches:#?}",
         launches.len()
     );
-    for bin in ["switchyard-router", "switchyard-gateway", "switchyard-agent"] {
+    for bin in [
+        "switchyard-router",
+        "switchyard-gateway",
+        "switchyard-agent",
+    ] {
         assert!(
             launches.iter().any(|l| l.bin == bin),
             "no deploy file starts {bin}"
@@ -467,14 +492,24 @@ fn check_binds_nothing_contacts_no_etcd_and_refuses_what_would_not_start() {
     )];
     let s = |v: &[&str]| v.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>();
     let ok = [
-        ("switchyard-router", s(&["--listen", &addr, "--http-listen", &addr])),
+        (
+            "switchyard-router",
+            s(&["--listen", &addr, "--http-listen", &addr]),
+        ),
         (
             "switchyard-gateway",
             s(&["--id", "gw-1", "--listen", &addr, "--http-listen", &addr]),
         ),
         (
             "switchyard-agent",
-            s(&["--id", "gw-1", "--capacity", "10", "--tcp-addr", "10.0.0.1:7200"]),
+            s(&[
+                "--id",
+                "gw-1",
+                "--capacity",
+                "10",
+                "--tcp-addr",
+                "10.0.0.1:7200",
+            ]),
         ),
     ];
     for (bin, args) in &ok {
@@ -487,7 +522,10 @@ fn check_binds_nothing_contacts_no_etcd_and_refuses_what_would_not_start() {
         );
         assert!(String::from_utf8_lossy(&out.stdout).contains("configuration ok"));
         // Connecting to the missing etcd would take its connect timeout (seconds).
-        assert!(started.elapsed() < std::time::Duration::from_secs(5), "{bin} was slow");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{bin} was slow"
+        );
     }
     // What the systemd gateway unit did before it passed --advertise: refused, exit 2.
     let out = check(
