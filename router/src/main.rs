@@ -73,6 +73,11 @@ struct Args {
     /// Log format.
     #[arg(long, env = "SWITCHYARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Validate flags, environment, the config file and the files it names (admin token,
+    /// TLS), print a summary and exit: 0 when valid, 2 with the reason. Binds no port and
+    /// does not contact etcd.
+    #[arg(long)]
+    check: bool,
 }
 
 /// The settings only this binary uses; the rest of the file is the library's [`Config`].
@@ -188,6 +193,23 @@ async fn main() -> ExitCode {
         Ok(both) => both,
         Err(e) => return cli::fail(BIN, cli::EXIT_USAGE, &format_args!("{e:#}")),
     };
+    if matches.get_flag("check") {
+        return match check_tls(&config) {
+            Ok(()) => {
+                println!(
+                    "{BIN}: configuration ok: listen {}, http {}, prefix {}, etcd {}",
+                    process.listen,
+                    process
+                        .http_listen
+                        .map_or_else(|| "off".to_owned(), |a| a.to_string()),
+                    config.prefix(),
+                    process.etcd.endpoints.join(",")
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => cli::fail(BIN, cli::EXIT_USAGE, &format_args!("{e:#}")),
+        };
+    }
     telemetry::init_logging(process.log_format);
     match run(process, config).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -196,6 +218,28 @@ async fn main() -> ExitCode {
             cli::fail(BIN, cli::EXIT_RUNTIME, &format_args!("{e:#}"))
         }
     }
+}
+
+/// `--check`: the TLS files read and parsed as the server will (the rest of the config is
+/// checked by `validate`), without binding anything.
+fn check_tls(config: &ValidConfig) -> anyhow::Result<()> {
+    use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        return Ok(());
+    };
+    let read = |path: &PathBuf| {
+        std::fs::read(path).with_context(|| format!("tls: cannot read {}", path.display()))
+    };
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+    if let Some(ca) = &config.client_ca {
+        tls = tls
+            .client_ca_root(Certificate::from_pem(read(ca)?))
+            .client_auth_optional(true);
+    }
+    Server::builder()
+        .tls_config(tls)
+        .context("tls: the certificate, key or client CA is not usable")?;
+    Ok(())
 }
 
 async fn run(process: Process, config: ValidConfig) -> anyhow::Result<()> {

@@ -72,6 +72,11 @@ struct Flags {
     /// Log format.
     #[arg(long, env = "SWITCHYARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Validate flags, environment, the config file and the files they name (TLS, CA),
+    /// print a summary and exit: 0 when valid, 2 with the reason. Binds no port and does
+    /// not contact etcd.
+    #[arg(long)]
+    check: bool,
 }
 
 impl Flags {
@@ -131,6 +136,13 @@ async fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return cli::fail(BIN, cli::EXIT_USAGE, &format_args!("{e:#}")),
     };
+    if flags.check {
+        println!(
+            "{BIN}: configuration ok: registers {} in {}, capacity {}",
+            configs.0.id, configs.0.region, configs.0.capacity
+        );
+        return ExitCode::SUCCESS;
+    }
     match run(flags.http_listen, configs).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

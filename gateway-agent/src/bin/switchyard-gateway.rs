@@ -99,6 +99,11 @@ struct Flags {
     /// Log format.
     #[arg(long, env = "SWITCHYARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Validate flags, environment, the config file and the files they name (TLS, CA),
+    /// print a summary and exit: 0 when valid, 2 with the reason. Binds no port and does
+    /// not contact etcd.
+    #[arg(long)]
+    check: bool,
 }
 
 impl Flags {
@@ -179,6 +184,17 @@ async fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => return cli::fail(BIN, cli::EXIT_USAGE, &format_args!("{e:#}")),
     };
+    if flags.check {
+        let registered = settings.agent.as_ref().map_or_else(
+            || "not registered".to_owned(),
+            |a| format!("registers {} in {}", a.id, a.region),
+        );
+        println!(
+            "{BIN}: configuration ok: listen {}, capacity {}, {registered}",
+            flags.listen, settings.gateway.capacity
+        );
+        return ExitCode::SUCCESS;
+    }
     match run(flags, settings).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
