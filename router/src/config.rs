@@ -53,7 +53,9 @@ pub enum ConfigError {
     #[error("client_ca needs tls_cert and tls_key")]
     ClientCaWithoutTls,
     /// A `cors_allowed_origins` entry that is neither `*` nor an origin.
-    #[error("cors_allowed_origins: {origin:?} is not `*` or an origin like https://app.example.com")]
+    #[error(
+        "cors_allowed_origins: {origin:?} is not `*` or an origin like https://app.example.com"
+    )]
     CorsOrigin {
         /// The entry as given.
         origin: String,
@@ -571,7 +573,12 @@ mod tests {
         assert!(bad("unknown_key = 1").contains("unknown"));
         assert!(bad("valid_for = \"0s\"").contains("valid_for must be above zero"));
         assert!(bad("[[policy.overrides]]\nmax_attempts = 3").contains("region and/or"));
-        for origin in ["https://app.example.com/", "app.example.com", "https://", "https://a b"] {
+        for origin in [
+            "https://app.example.com/",
+            "app.example.com",
+            "https://",
+            "https://a b",
+        ] {
             let err = bad(&format!("cors_allowed_origins = [{origin:?}]"));
             assert!(err.starts_with("cors_allowed_origins: "), "{origin}: {err}");
         }

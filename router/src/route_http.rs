@@ -20,7 +20,7 @@ use switchyard_proto::v1::router_server::Router as _;
 use tonic::metadata::MetadataMap;
 
 use crate::config::Config;
-use crate::route_json::{RouteRequestJson, RouteResponseJson};
+use crate::route_json::{RouteResponseJson, parse_request};
 use crate::service::RouterService;
 
 /// The path, fixed by DESIGN contract 6.
@@ -45,9 +45,7 @@ pub(crate) fn routes(service: RouterService, config: &Config) -> Router {
     Router::new()
         .route(
             PATH,
-            post(route)
-                .options(preflight)
-                .fallback(method_not_allowed),
+            post(route).options(preflight).fallback(method_not_allowed),
         )
         .with_state(Http { service, cors })
 }
@@ -236,7 +234,7 @@ async fn answer(h: &Http, req: Request) -> Response {
             );
         }
     };
-    let json_req: RouteRequestJson = match serde_json::from_slice(&bytes) {
+    let route_req = match parse_request(&bytes) {
         Ok(r) => r,
         Err(e) => {
             return rejected(
@@ -252,7 +250,7 @@ async fn answer(h: &Http, req: Request) -> Response {
     let request = tonic::Request::from_parts(
         MetadataMap::from_headers(parts.headers),
         parts.extensions,
-        json_req.into(),
+        route_req,
     );
     match h.service.route(request).await {
         Ok(resp) => json(StatusCode::OK, &RouteResponseJson::from(resp.into_inner())),
@@ -313,7 +311,10 @@ mod tests {
             (C::Unavailable, 503, "UNAVAILABLE"),
             (C::DeadlineExceeded, 504, "DEADLINE_EXCEEDED"),
         ] {
-            assert_eq!(http_status(code), (StatusCode::from_u16(http).unwrap(), name));
+            assert_eq!(
+                http_status(code),
+                (StatusCode::from_u16(http).unwrap(), name)
+            );
         }
     }
 

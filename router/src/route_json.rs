@@ -22,9 +22,13 @@ use switchyard_proto::v1::{
 /// `RouteRequest` as JSON.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub(crate) struct RouteRequestJson {
+struct RouteRequestJson {
     /// Who asks: drives the sticky first place.
-    #[serde(rename = "clientId", alias = "client_id", deserialize_with = "nullable")]
+    #[serde(
+        rename = "clientId",
+        alias = "client_id",
+        deserialize_with = "nullable"
+    )]
     client_id: String,
     /// The caller's region; empty lets the router map the caller's IP.
     #[serde(deserialize_with = "nullable")]
@@ -60,14 +64,40 @@ pub(crate) struct RouteRequestJson {
 #[serde(default, deny_unknown_fields)]
 struct FailureJson {
     /// The gateway the client could not reach.
-    #[serde(rename = "gatewayId", alias = "gateway_id", deserialize_with = "nullable")]
+    #[serde(
+        rename = "gatewayId",
+        alias = "gateway_id",
+        deserialize_with = "nullable"
+    )]
     gateway_id: String,
     /// What went wrong, free text.
     #[serde(deserialize_with = "nullable")]
     reason: String,
     /// When, Unix milliseconds (0 = now); int64, so a string or a number.
-    #[serde(rename = "atUnixMs", alias = "at_unix_ms", deserialize_with = "integer")]
+    #[serde(
+        rename = "atUnixMs",
+        alias = "at_unix_ms",
+        deserialize_with = "integer"
+    )]
     at_unix_ms: i64,
+}
+
+/// A `RouteRequest` from a JSON body. Messages must be JSON objects: serde's derive would
+/// also take an array of field values, which the mapping does not allow, so the shape
+/// is checked on the parsed value first.
+pub(crate) fn parse_request(bytes: &[u8]) -> Result<RouteRequest, serde_json::Error> {
+    use serde::de::Error as _;
+    let value: serde_json::Value = serde_json::from_slice(bytes)?;
+    let failures_are_objects = value
+        .get("failures")
+        .and_then(serde_json::Value::as_array)
+        .is_none_or(|list| list.iter().all(serde_json::Value::is_object));
+    if !value.is_object() || !failures_are_objects {
+        return Err(serde_json::Error::custom(
+            "invalid type: a RouteRequest and each of its failures must be JSON objects",
+        ));
+    }
+    serde_json::from_value::<RouteRequestJson>(value).map(RouteRequest::from)
 }
 
 impl From<RouteRequestJson> for RouteRequest {
@@ -352,9 +382,7 @@ mod tests {
     use super::*;
 
     fn parse(v: serde_json::Value) -> Result<RouteRequest, String> {
-        serde_json::from_value::<RouteRequestJson>(v)
-            .map(RouteRequest::from)
-            .map_err(|e| e.to_string())
+        parse_request(v.to_string().as_bytes()).map_err(|e| e.to_string())
     }
 
     fn full_request() -> RouteRequest {
@@ -418,11 +446,22 @@ mod tests {
             (json!({"limit": 4294967296_u64}), "out of range"),
             (json!({"limit": 2.5}), "not an integer"),
             (json!({"limit": "three"}), "\"three\" is not an integer"),
-            (json!({"limit": true}), "an integer, as a number or a string"),
+            (
+                json!({"limit": true}),
+                "an integer, as a number or a string",
+            ),
             (json!({"clientId": 7}), "invalid type"),
             (json!({"exclude": "gw-1"}), "invalid type"),
-            (json!({"clientId": "a", "client_id": "b"}), "duplicate field"),
+            (
+                json!({"clientId": "a", "client_id": "b"}),
+                "duplicate field",
+            ),
             (json!([]), "invalid type"),
+            (
+                json!({"failures": [["gw-1", "refused", 0]]}),
+                "invalid type",
+            ),
+            (json!({"failures": [null]}), "invalid type"),
         ] {
             let err = parse(bad.clone()).unwrap_err();
             assert!(err.contains(says), "{bad}: {err}");

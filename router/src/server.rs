@@ -23,9 +23,9 @@ use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
 
 use crate::config::ValidConfig;
-use crate::{http, route_http};
 use crate::service::{AdminService, RouteMetrics, RouterService, State};
 use crate::view::{Builder, Ejector, Handouts, View, now_ms};
+use crate::{http, route_http};
 
 /// Why the router could not start or stopped.
 #[derive(Debug, thiserror::Error)]

@@ -7,10 +7,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use switchyard_proto::v1::RouteRequest;
 use switchyard_router::LocalityRule;
 use switchyard_tests::router::{TestRouter, ids, put_record, record, test_config, with_token};
 use switchyard_tests::{Etcd, init_tracing, unique_prefix};
-use switchyard_proto::v1::RouteRequest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// One HTTP/1.1 answer.
@@ -84,7 +84,11 @@ async fn http(
     let chunked = headers
         .iter()
         .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
-    let body = if chunked { dechunk(rest) } else { rest.to_owned() };
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_owned()
+    };
     Reply {
         status,
         headers,
@@ -124,7 +128,12 @@ async fn route_answers_in_json_like_grpc() {
     for id in ["gw-a", "gw-b", "gw-c"] {
         put_record(&mut kv, &prefix, &record(id, "r", "z", 1000, 10)).await;
     }
-    put_record(&mut kv, &prefix, &record("gw-near", "r-local", "z-local", 1000, 10)).await;
+    put_record(
+        &mut kv,
+        &prefix,
+        &record("gw-near", "r-local", "z-local", 1000, 10),
+    )
+    .await;
     let config = switchyard_router::Config {
         // Callers on loopback are in r-local/z-local when they name no locality.
         locality: vec![LocalityRule {
@@ -156,14 +165,26 @@ async fn route_answers_in_json_like_grpc() {
         .map(|g| g["id"].as_str().unwrap())
         .collect();
     assert_eq!(got.len(), 3, "{v}");
-    assert!(got.iter().all(|id| ["gw-a", "gw-b", "gw-c"].contains(id)), "{v}");
+    assert!(
+        got.iter().all(|id| ["gw-a", "gw-b", "gw-c"].contains(id)),
+        "{v}"
+    );
     let first = &v["gateways"][0];
     assert_eq!(first["address"], format!("ws://127.0.0.1:7202/{}", got[0]));
-    assert_eq!((&first["region"], &first["zone"]), (&json!("r"), &json!("z")));
+    assert_eq!(
+        (&first["region"], &first["zone"]),
+        (&json!("r"), &json!("z"))
+    );
     assert!(first["score"].is_number(), "{v}");
-    assert!(v["revision"].as_str().unwrap().parse::<i64>().unwrap() > 0, "{v}");
+    assert!(
+        v["revision"].as_str().unwrap().parse::<i64>().unwrap() > 0,
+        "{v}"
+    );
     assert_eq!(v["validForMs"], "30000");
-    assert!(v["snapshotAgeMs"].as_str().unwrap().parse::<u64>().is_ok(), "{v}");
+    assert!(
+        v["snapshotAgeMs"].as_str().unwrap().parse::<u64>().is_ok(),
+        "{v}"
+    );
     assert_eq!(v["policy"]["heartbeatIntervalMs"], "30000");
     assert_eq!(v["policy"]["maxAttempts"], 0);
     assert_eq!(v["explanation"], json!([]));
@@ -181,10 +202,19 @@ async fn route_answers_in_json_like_grpc() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(ids(&via_grpc)[0], got[0], "HTTP and gRPC agree on the first place");
+    assert_eq!(
+        ids(&via_grpc)[0],
+        got[0],
+        "HTTP and gRPC agree on the first place"
+    );
 
     // snake_case names and `explain` are read too.
-    let r = post(addr, &[], &json!({"client_id": "user-1", "region": "r", "explain": true})).await;
+    let r = post(
+        addr,
+        &[],
+        &json!({"client_id": "user-1", "region": "r", "explain": true}),
+    )
+    .await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.json()["explanation"].as_array().unwrap().len(), 4);
 
@@ -196,11 +226,21 @@ async fn route_answers_in_json_like_grpc() {
     // Invalid input: the service's own validation, as a JSON error with 400.
     let r = post(addr, &[], &json!({"clientId": ""})).await;
     assert_eq!((r.status, r.error_code()), (400, "INVALID_ARGUMENT".into()));
-    assert!(r.json()["message"].as_str().unwrap().contains("client_id is required"));
+    assert!(
+        r.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("client_id is required")
+    );
     let r = post(addr, &[], &json!({"clientId": "u", "limit": 17})).await;
     assert_eq!((r.status, r.error_code()), (400, "INVALID_ARGUMENT".into()));
     // Nothing routable: UNAVAILABLE is 503.
-    let r = post(addr, &[], &json!({"clientId": "u", "exclude": ["gw-a", "gw-b", "gw-c", "gw-near"]})).await;
+    let r = post(
+        addr,
+        &[],
+        &json!({"clientId": "u", "exclude": ["gw-a", "gw-b", "gw-c", "gw-near"]}),
+    )
+    .await;
     assert_eq!((r.status, r.error_code()), (503, "UNAVAILABLE".into()));
 
     // Broken requests never reach the service, and nothing breaks.
@@ -211,7 +251,14 @@ async fn route_answers_in_json_like_grpc() {
     let r = post(addr, &[], &json!({"clientID": "typo"})).await;
     assert_eq!(r.status, 400, "unknown fields are refused: {r:?}");
     assert!(r.body.contains("unknown field"), "{r:?}");
-    let r = http(addr, "POST", "/v1/route", &[("Content-Type", "text/plain")], b"{}").await;
+    let r = http(
+        addr,
+        "POST",
+        "/v1/route",
+        &[("Content-Type", "text/plain")],
+        b"{}",
+    )
+    .await;
     assert_eq!((r.status, r.error_code()), (415, "INVALID_ARGUMENT".into()));
     let big = format!("{{\"clientId\": \"{}\"}}", "x".repeat(70 * 1024));
     let r = http(addr, "POST", "/v1/route", &json_ct, big.as_bytes()).await;
@@ -229,7 +276,14 @@ async fn route_answers_in_json_like_grpc() {
     assert_eq!(r.header("access-control-allow-origin"), None);
 
     // The gRPC side still works on the same port after all that.
-    assert!(grpc.route(RouteRequest { client_id: "u".into(), ..RouteRequest::default() }).await.is_ok());
+    assert!(
+        grpc.route(RouteRequest {
+            client_id: "u".into(),
+            ..RouteRequest::default()
+        })
+        .await
+        .is_ok()
+    );
     router.stop().await;
 }
 
@@ -271,16 +325,25 @@ async fn the_route_token_and_cors_apply_to_http() {
         r.header("access-control-allow-origin"),
         Some("https://app.example.com")
     );
-    assert!(r.header("vary").is_some_and(|v| v.contains("origin")), "{r:?}");
+    assert!(
+        r.header("vary").is_some_and(|v| v.contains("origin")),
+        "{r:?}"
+    );
     let mut grpc = router.client().await;
-    let rq = RouteRequest { client_id: "user-1".into(), ..RouteRequest::default() };
+    let rq = RouteRequest {
+        client_id: "user-1".into(),
+        ..RouteRequest::default()
+    };
     assert!(grpc.route(rq.clone()).await.is_err());
     assert!(grpc.route(with_token(rq, TOKEN)).await.is_ok());
 
     // Another origin gets no CORS headers.
     let r = post(
         addr,
-        &[("Origin", "https://evil.example"), ("Authorization", &bearer)],
+        &[
+            ("Origin", "https://evil.example"),
+            ("Authorization", &bearer),
+        ],
         &body,
     )
     .await;
@@ -295,7 +358,10 @@ async fn the_route_token_and_cors_apply_to_http() {
         &[
             app,
             ("Access-Control-Request-Method", "POST"),
-            ("Access-Control-Request-Headers", "authorization, content-type"),
+            (
+                "Access-Control-Request-Headers",
+                "authorization, content-type",
+            ),
         ],
         b"",
     )
@@ -307,8 +373,18 @@ async fn the_route_token_and_cors_apply_to_http() {
     );
     assert_eq!(r.header("access-control-allow-methods"), Some("POST"));
     let allowed = r.header("access-control-allow-headers").unwrap_or("");
-    assert!(allowed.contains("authorization") && allowed.contains("content-type"), "{r:?}");
-    let r = http(addr, "OPTIONS", "/v1/route", &[("Origin", "https://evil.example")], b"").await;
+    assert!(
+        allowed.contains("authorization") && allowed.contains("content-type"),
+        "{r:?}"
+    );
+    let r = http(
+        addr,
+        "OPTIONS",
+        "/v1/route",
+        &[("Origin", "https://evil.example")],
+        b"",
+    )
+    .await;
     assert_eq!(r.status, 204);
     assert_eq!(r.header("access-control-allow-origin"), None);
     router.stop().await;
