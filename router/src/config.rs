@@ -52,6 +52,14 @@ pub enum ConfigError {
     /// `client_ca` without TLS: client certificates need a TLS server.
     #[error("client_ca needs tls_cert and tls_key")]
     ClientCaWithoutTls,
+    /// A `cors_allowed_origins` entry that is neither `*` nor an origin.
+    #[error(
+        "cors_allowed_origins: {origin:?} is not `*` or an origin like https://app.example.com"
+    )]
+    CorsOrigin {
+        /// The entry as given.
+        origin: String,
+    },
     /// A duration that must be above zero is zero.
     #[error("{key} must be above zero")]
     Zero {
@@ -113,6 +121,10 @@ pub struct Config {
     /// Proxies (CIDRs) whose `x-forwarded-for` is believed; anyone else could forge it to
     /// pick a region.
     pub trust_forwarded_for: Vec<IpNet>,
+    /// Browser origins (`https://app.example.com`) that may call `POST /v1/route` from a
+    /// page, or `*` for any. Empty (the default): no CORS headers at all, so no page on
+    /// another origin can read Route answers unless an operator opted in.
+    pub cors_allowed_origins: Vec<String>,
     /// PEM certificate chain for TLS on the gRPC port; plaintext when unset.
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for `tls_cert`.
@@ -177,6 +189,7 @@ impl Default for Config {
             admin_token_file: None,
             route_token: None,
             trust_forwarded_for: Vec::new(),
+            cors_allowed_origins: Vec::new(),
             tls_cert: None,
             tls_key: None,
             client_ca: None,
@@ -224,6 +237,15 @@ impl Config {
         if self.client_ca.is_some() && self.tls_cert.is_none() {
             return Err(ConfigError::ClientCaWithoutTls);
         }
+        if let Some(origin) = self
+            .cors_allowed_origins
+            .iter()
+            .find(|o| o.as_str() != "*" && !is_origin(o))
+        {
+            return Err(ConfigError::CorsOrigin {
+                origin: origin.clone(),
+            });
+        }
         for (key, d) in [
             ("valid_for", self.valid_for),
             ("pending_window", self.pending_window),
@@ -253,6 +275,22 @@ impl Config {
         let ip = canonical(ip);
         self.trust_forwarded_for.iter().any(|n| n.contains(&ip))
     }
+}
+
+/// `scheme://host[:port]` as a browser sends it in `Origin`: no path, no trailing slash,
+/// nothing a header could not carry. A typo here would silently never match.
+fn is_origin(s: &str) -> bool {
+    let Some((scheme, rest)) = s.split_once("://") else {
+        return false;
+    };
+    !scheme.is_empty()
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+        && !rest.is_empty()
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
 }
 
 /// IPv4-mapped IPv6 (`::ffff:1.2.3.4`, what a dual-stack socket reports) as plain IPv4.
@@ -535,6 +573,24 @@ mod tests {
         assert!(bad("unknown_key = 1").contains("unknown"));
         assert!(bad("valid_for = \"0s\"").contains("valid_for must be above zero"));
         assert!(bad("[[policy.overrides]]\nmax_attempts = 3").contains("region and/or"));
+        for origin in [
+            "https://app.example.com/",
+            "app.example.com",
+            "https://",
+            "https://a b",
+        ] {
+            let err = bad(&format!("cors_allowed_origins = [{origin:?}]"));
+            assert!(err.starts_with("cors_allowed_origins: "), "{origin}: {err}");
+        }
+    }
+
+    #[test]
+    fn cors_origins_and_the_wildcard_are_accepted() {
+        let c = Config::from_toml(
+            r#"cors_allowed_origins = ["*", "https://app.example.com", "http://localhost:5173", "http://[::1]:8080"]"#,
+        )
+        .unwrap();
+        assert_eq!(c.validate().unwrap().cors_allowed_origins.len(), 4);
     }
 
     #[test]

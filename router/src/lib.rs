@@ -13,6 +13,8 @@
 //! - `service`: the `Router` and `Admin` gRPC services, and [`gateway_proto`], the one
 //!   conversion of a registry record into the API's `Gateway`.
 //! - `http`: the side port: `/metrics`, `/healthz`, status page.
+//! - `route_http`, `route_json`: `POST /v1/route` on the gRPC port, Route over HTTP/JSON
+//!   (DESIGN contract 6) through the gRPC service's own `route`.
 //! - `server`: [`run`] wires it together on already-bound listeners (tests bind port 0).
 //!
 //! When etcd is unreachable the router keeps serving its last view and reports how old it
@@ -24,6 +26,8 @@ mod config;
 mod http;
 mod outlier;
 pub mod ranking;
+mod route_http;
+mod route_json;
 mod server;
 mod service;
 mod view;

@@ -58,6 +58,9 @@ struct Args {
     /// CIDRs of proxies whose x-forwarded-for is trusted, comma-separated.
     #[arg(long, env = "SWITCHYARD_TRUST_FORWARDED_FOR", value_delimiter = ',')]
     trust_forwarded_for: Option<Vec<IpNet>>,
+    /// Browser origins allowed to call POST /v1/route (CORS), comma-separated, or `*`.
+    #[arg(long, env = "SWITCHYARD_CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
+    cors_allowed_origins: Option<Vec<String>>,
     /// TLS certificate chain (PEM).
     #[arg(long, env = "SWITCHYARD_TLS_CERT")]
     tls_cert: Option<PathBuf>,
@@ -166,6 +169,9 @@ impl Args {
         }
         if let Some(v) = self.trust_forwarded_for {
             c.trust_forwarded_for = v;
+        }
+        if let Some(v) = self.cors_allowed_origins {
+            c.cors_allowed_origins = v;
         }
         macro_rules! set_opt {
             ($($field:ident),*) => { $( if self.$field.is_some() { c.$field = self.$field; } )* };

@@ -1,6 +1,6 @@
 //! `run`: the router's tasks wired together on sockets the caller bound — registry
 //! snapshots into views, the etcd contact log, the once-a-second upkeep, the gRPC server
-//! and the HTTP side port — all ending together.
+//! (with `POST /v1/route` on the same port) and the HTTP side port — all ending together.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -15,6 +15,7 @@ use switchyard_registry::{Contact, Entry, Snapshot, WatcherConfig, fleet};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
@@ -22,9 +23,9 @@ use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
 
 use crate::config::ValidConfig;
-use crate::http;
 use crate::service::{AdminService, RouteMetrics, RouterService, State};
 use crate::view::{Builder, Ejector, Handouts, View, now_ms};
+use crate::{http, route_http};
 
 /// Why the router could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -135,16 +136,24 @@ pub async fn run(
         })
     });
 
-    let mut server = Server::builder();
+    // One port for gRPC and for `POST /v1/route` (HTTP/JSON, DESIGN contract 6): the
+    // gRPC services are axum routes under tonic's router, so the JSON route merges in.
+    let json_route = route_http::routes(router.clone(), &state.config);
+    let routes = Routes::new(health_service)
+        .add_service(reflection)
+        .add_service(RouterServer::new(router))
+        .add_service(AdminServer::new(admin))
+        .into_axum_router()
+        .merge(json_route);
+    // HTTP/1.1 for browsers and plain HTTP clients; gRPC clients still speak HTTP/2 (the
+    // connection is told apart by its preface).
+    let mut server = Server::builder().accept_http1(true);
     if let Some(tls) = tls {
         server = server.tls_config(tls)?;
     }
     let grpc_stop = stop.clone();
     let result = server
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(RouterServer::new(router))
-        .add_service(AdminServer::new(admin))
+        .add_routes(Routes::from(routes))
         // Small request/response pairs: without TCP_NODELAY, Nagle holds a response back
         // until the previous segment is acknowledged (delayed ACK, up to 40 ms).
         .serve_with_incoming_shutdown(
