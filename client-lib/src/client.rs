@@ -191,17 +191,13 @@ impl Common {
         reply: Option<oneshot::Sender<Vec<Bytes>>>,
     ) {
         self.room.close();
-        let mut failed = Vec::new();
-        let pending = self.outbox.lock().drain();
-        for (payload, done) in pending.into_iter().chain(late) {
-            failed.push(payload.clone());
-            let _ = done.send(Err(Undelivered {
-                payload,
-                reason: why.clone(),
-            }));
-        }
+        let pending: Vec<(Bytes, Done)> =
+            self.outbox.lock().drain().into_iter().chain(late).collect();
+        let failed: Vec<Bytes> = pending.iter().map(|(p, _)| p.clone()).collect();
         self.stats.lock().handed_back += failed.len() as u64;
-        self.status.send_replace(Status::Ended(why));
+        // The payloads go where `close()` finds them before anything announces the end (a
+        // resolved receipt, the `Ended` status): whoever reacts to those and calls
+        // `close()` must get them back, whichever thread it runs on.
         match reply {
             Some(r) => {
                 if let Err(back) = r.send(failed) {
@@ -210,6 +206,13 @@ impl Common {
             }
             None => self.unclaimed.lock().extend(failed),
         }
+        for (payload, done) in pending {
+            let _ = done.send(Err(Undelivered {
+                payload,
+                reason: why.clone(),
+            }));
+        }
+        self.status.send_replace(Status::Ended(why));
     }
 }
 
