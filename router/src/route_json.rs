@@ -159,6 +159,11 @@ pub(crate) struct RouteResponseJson {
     explanation: Vec<ExplanationJson>,
     /// Age of the registry view (uint64, so a string).
     snapshot_age_ms: String,
+    /// Login ticket for HELLO (proto3 JSON omits an empty string).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    ticket: String,
+    /// Ticket validity from now (uint64, so a string).
+    ticket_valid_for_ms: String,
 }
 
 /// `RoutedGateway` as JSON.
@@ -219,6 +224,8 @@ impl From<RouteResponse> for RouteResponseJson {
             policy,
             explanation,
             snapshot_age_ms,
+            ticket,
+            ticket_valid_for_ms,
         } = r;
         Self {
             gateways: gateways
@@ -280,6 +287,8 @@ impl From<RouteResponse> for RouteResponseJson {
                 })
                 .collect(),
             snapshot_age_ms: snapshot_age_ms.to_string(),
+            ticket,
+            ticket_valid_for_ms: ticket_valid_for_ms.to_string(),
         }
     }
 }
@@ -496,6 +505,8 @@ mod tests {
                 reason: "sticky".into(),
             }],
             snapshot_age_ms: u64::MAX,
+            ticket: "eyJ.e30.sig".into(),
+            ticket_valid_for_ms: 60_000,
         };
         let got = serde_json::to_value(RouteResponseJson::from(resp)).unwrap();
         let want = json!({
@@ -509,6 +520,8 @@ mod tests {
             "explanation": [{"gatewayId": "gw-1", "tier": "zone", "rank": 1,
                              "score": "Infinity", "reason": "sticky"}],
             "snapshotAgeMs": "18446744073709551615",
+            "ticket": "eyJ.e30.sig",
+            "ticketValidForMs": "60000",
         });
         assert_eq!(got, want);
     }

@@ -371,6 +371,9 @@ impl RouterService {
                 policy: Some(policy.to_proto()),
                 explanation,
                 snapshot_age_ms: state.snapshot_age_ms(),
+                // Signed in `route` once the answer is final (not for explain/dry runs).
+                ticket: String::new(),
+                ticket_valid_for_ms: 0,
             })
         })
     }

@@ -285,6 +285,8 @@ async fn start_floor() -> Result<String> {
         policy: Some(switchyard_router::Policy::default().to_proto()),
         explanation: Vec::new(),
         snapshot_age_ms: 3,
+        ticket: String::new(),
+        ticket_valid_for_ms: 0,
     };
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tokio::spawn(
