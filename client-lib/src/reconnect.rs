@@ -25,18 +25,27 @@ pub(crate) enum Input {
         /// Why it is empty, for the setback (routing error).
         detail: String,
     },
-    /// The token provider failed.
+    /// The token provider failed (or gave a token that cannot be sent).
     TokenFailed(String),
+    /// A router refused the app token (`UNAUTHENTICATED`) or the identity (`PERMISSION_DENIED`).
+    RouteRefused {
+        /// The router endpoint.
+        router: String,
+        /// `PERMISSION_DENIED`: a fresh token would not help.
+        denied: bool,
+        /// The router's reason.
+        message: String,
+    },
     /// A gateway accepted; `failures` are the candidates that failed before it.
     Won {
         /// Those that failed first.
         failures: Vec<Failure>,
     },
-    /// A gateway refused the credentials: nothing else will work either.
+    /// A gateway refused the credentials: nothing else in this list will work either.
     Rejected {
         /// Gateway id.
         gateway: String,
-        /// REJECT code (AUTH or BAD_HELLO).
+        /// REJECT code (AUTH, BAD_HELLO or AUTH_EXPIRED).
         code: v1::RejectCode,
         /// The gateway's reason.
         reason: String,
@@ -132,6 +141,13 @@ pub(crate) struct Machine {
     login_started: Option<Instant>,
     /// What the last round ran into, for the give-up reason.
     last: Option<Setback>,
+    /// A router refused the app token and the round after asked again with a fresh one: a
+    /// second refusal is terminal (one retry, never a storm). Cleared once a round gets a
+    /// candidate list.
+    token_retried: bool,
+    /// A gateway answered AUTH_EXPIRED and the client routed once more for a fresh ticket:
+    /// a second AUTH_EXPIRED in a row is terminal. Cleared by any other end of a race.
+    ticket_retried: bool,
 }
 
 impl Machine {
@@ -143,6 +159,8 @@ impl Machine {
             since: now,
             login_started: Some(now),
             last: None,
+            token_retried: false,
+            ticket_retried: false,
         }
     }
 
@@ -162,6 +180,19 @@ impl Machine {
         self.attempt = 0;
         self.since = now;
         self.last = None;
+        self.token_retried = false;
+        self.ticket_retried = false;
+    }
+
+    /// A new round at once, for a fresh credential: no backoff (nothing is down; the
+    /// retry is bounded by the flags above), and the wait's event says why.
+    fn again(&mut self, after: Setback) -> Step {
+        self.last = Some(after.clone());
+        Step::next(Next::Wait {
+            delay: Duration::ZERO,
+            attempt: self.attempt + 1,
+            after,
+        })
     }
 
     /// Feeds one input; `eff` is the policy in force now (the router may have changed it).
@@ -179,11 +210,47 @@ impl Machine {
                 Step::next(self.route())
             }
             Input::Candidates { count: 0, detail } => {
+                self.token_retried = false;
                 self.failed_round(now, Setback::NoCandidates { detail }, eff, rng)
             }
-            Input::Candidates { .. } => Step::next(Next::Dial),
+            Input::Candidates { .. } => {
+                self.token_retried = false;
+                Step::next(Next::Dial)
+            }
             Input::TokenFailed(detail) => {
                 self.failed_round(now, Setback::Token { detail }, eff, rng)
+            }
+            Input::RouteRefused {
+                router,
+                denied: true,
+                message,
+            } => Step::next(Next::GiveUp(GaveUp::PermissionDenied { router, message })),
+            Input::RouteRefused {
+                router, message, ..
+            } if self.token_retried => {
+                Step::next(Next::GiveUp(GaveUp::Unauthenticated { router, message }))
+            }
+            Input::RouteRefused {
+                router, message, ..
+            } => {
+                self.token_retried = true;
+                self.again(Setback::Unauthenticated { router, message })
+            }
+            Input::Rejected {
+                gateway,
+                code: v1::RejectCode::AuthExpired,
+                reason,
+            } if !self.ticket_retried => {
+                // Not reported: the gateway is fine, the credential was stale.
+                self.ticket_retried = true;
+                self.again(Setback::Failed(vec![Failure {
+                    gateway,
+                    kind: FailureKind::Refused {
+                        code: v1::RejectCode::AuthExpired,
+                        reason,
+                        retry_after: None,
+                    },
+                }]))
             }
             Input::Won { failures } => {
                 let attempt = self.attempt;
@@ -205,6 +272,7 @@ impl Machine {
                 reason,
             })),
             Input::Exhausted(failures) => {
+                self.ticket_retried = false;
                 let mut step = self.failed_round(now, Setback::Failed(failures.clone()), eff, rng);
                 // When every candidate asked for time, come back no sooner than the first of
                 // them is willing again.
