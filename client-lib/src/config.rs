@@ -985,4 +985,61 @@ mod tests {
                 .is_ok()
         );
     }
+
+    #[test]
+    fn router_tls_settings_are_checked_at_build() {
+        let fixture = |name: &str| {
+            std::fs::read(format!(
+                "{}/../tests/fixtures/tls/{name}",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap()
+        };
+        let (cert, key) = (fixture("localhost.crt"), fixture("localhost.key"));
+        let base = || {
+            Builder::new()
+                .client_id("u")
+                .routers(["https://router.example:7100"])
+        };
+        assert!(base().build().is_ok(), "https with the Mozilla roots");
+        assert!(
+            base()
+                .router_ca_pem(cert.clone())
+                .router_client_cert_pem(cert.clone(), key.clone())
+                .build()
+                .is_ok()
+        );
+        let problems = base()
+            .router_ca_pem("not a certificate")
+            .router_client_cert_pem(cert.clone(), "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+            .build()
+            .unwrap_err()
+            .problems;
+        assert!(
+            matches!(
+                &problems[..],
+                [
+                    Problem::RouterTls { setting: "router_ca_pem", reason },
+                    Problem::RouterTls { setting: "router_client_cert_pem", .. },
+                ] if reason.contains("no certificate")
+            ),
+            "{problems:?}"
+        );
+        // TLS settings beside a plain-text router: the token would travel in clear.
+        let problems = Builder::new()
+            .client_id("u")
+            .routers(["http://10.0.0.1:7100"])
+            .router_ca_pem(cert)
+            .build()
+            .unwrap_err()
+            .problems;
+        assert!(
+            matches!(&problems[..], [Problem::RouterTls { setting: "routers", reason }] if reason.contains("http://10.0.0.1:7100")),
+            "{problems:?}"
+        );
+        // The key never reaches Debug output.
+        let b = base().router_client_cert_pem("c", "PRIVATE-KEY-TEXT");
+        assert!(!format!("{:?}", b.config).contains("PRIVATE-KEY-TEXT"));
+    }
+
 }

@@ -715,4 +715,169 @@ mod tests {
             matches!(step.next, Next::GiveUp(GaveUp::TimeLimit { elapsed, .. }) if elapsed == Duration::from_secs(61))
         );
     }
+
+    fn refused_by_router(denied: bool) -> Input {
+        Input::RouteRefused {
+            router: "https://r1:7100".into(),
+            denied,
+            message: "bad token".into(),
+        }
+    }
+
+    fn auth_expired(id: &str) -> Input {
+        Input::Rejected {
+            gateway: id.into(),
+            code: v1::RejectCode::AuthExpired,
+            reason: "ticket expired".into(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_app_token_is_retried_once_with_a_fresh_one_then_gives_up() {
+        let mut rng = StdRng::seed_from_u64(9);
+        let e = eff();
+        let mut m = Machine::new(LIMITS, Instant::now());
+        let now = Instant::now();
+        m.handle(now, Input::Start, &e, &mut rng);
+        let step = m.handle(now, refused_by_router(false), &e, &mut rng);
+        assert!(step.report.is_empty());
+        match step.next {
+            Next::Wait {
+                delay,
+                attempt: 2,
+                after: Setback::Unauthenticated { router, .. },
+            } => {
+                assert_eq!(delay, Duration::ZERO, "a fresh token needs no backoff");
+                assert_eq!(router, "https://r1:7100");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(m.waited(), Next::Route { attempt: 2 });
+        match m.handle(now, refused_by_router(false), &e, &mut rng).next {
+            Next::GiveUp(GaveUp::Unauthenticated { router, message }) => {
+                assert_eq!(router, "https://r1:7100");
+                assert_eq!(message, "bad token");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_accepted_after_the_retry_earns_a_new_retry_later() {
+        let mut rng = StdRng::seed_from_u64(10);
+        let e = eff();
+        let mut m = Machine::new(LIMITS, Instant::now());
+        let now = Instant::now();
+        m.handle(now, Input::Start, &e, &mut rng);
+        m.handle(now, refused_by_router(false), &e, &mut rng);
+        m.waited();
+        // The fresh token worked: the router answered with a list.
+        assert_eq!(m.handle(now, candidates(1), &e, &mut rng).next, Next::Dial);
+        m.handle(now, Input::Exhausted(vec![unreachable("a")]), &e, &mut rng);
+        m.waited();
+        // Hours later the token expired again: one more fresh-token round, not a give-up.
+        assert!(matches!(
+            m.handle(now, refused_by_router(false), &e, &mut rng).next,
+            Next::Wait {
+                after: Setback::Unauthenticated { .. },
+                ..
+            }
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn permission_denied_gives_up_at_once() {
+        let mut rng = StdRng::seed_from_u64(11);
+        let e = eff();
+        let mut m = Machine::new(LIMITS, Instant::now());
+        let now = Instant::now();
+        m.handle(now, Input::Start, &e, &mut rng);
+        assert!(matches!(
+            m.handle(now, refused_by_router(true), &e, &mut rng).next,
+            Next::GiveUp(GaveUp::PermissionDenied { .. })
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn auth_expired_routes_once_more_and_twice_in_a_row_is_terminal() {
+        let mut rng = StdRng::seed_from_u64(12);
+        let mut e = eff();
+        e.max_attempts = Some(1);
+        let mut m = Machine::new(LIMITS, Instant::now());
+        let now = Instant::now();
+        m.handle(now, Input::Start, &e, &mut rng);
+        m.handle(now, candidates(2), &e, &mut rng);
+        let step = m.handle(now, auth_expired("a"), &e, &mut rng);
+        assert!(step.report.is_empty(), "a stale ticket is not the gateway's fault");
+        match step.next {
+            Next::Wait {
+                delay,
+                after: Setback::Failed(f),
+                ..
+            } => {
+                assert_eq!(delay, Duration::ZERO, "re-route at once, even at max_attempts");
+                assert!(matches!(
+                    f[0].kind,
+                    FailureKind::Refused {
+                        code: v1::RejectCode::AuthExpired,
+                        ..
+                    }
+                ));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(m.waited(), Next::Route { attempt: 2 });
+        m.handle(now, candidates(2), &e, &mut rng);
+        match m.handle(now, auth_expired("a"), &e, &mut rng).next {
+            Next::GiveUp(GaveUp::Refused { gateway, code, .. }) => {
+                assert_eq!(gateway, "a");
+                assert_eq!(code, v1::RejectCode::AuthExpired);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn auth_expired_after_a_session_starts_a_fresh_count_and_auth_stays_terminal() {
+        let mut rng = StdRng::seed_from_u64(13);
+        let e = eff();
+        let mut m = Machine::new(LIMITS, Instant::now());
+        let now = Instant::now();
+        m.handle(now, Input::Start, &e, &mut rng);
+        m.handle(now, auth_expired("a"), &e, &mut rng);
+        m.waited();
+        m.handle(now, Input::Won { failures: vec![] }, &e, &mut rng);
+        m.handle(
+            now,
+            Input::Lost {
+                gateway: "a".into(),
+                cause: DisconnectCause::GoAway {
+                    reason: "drain".into(),
+                },
+            },
+            &e,
+            &mut rng,
+        );
+        assert!(
+            matches!(
+                m.handle(now, auth_expired("b"), &e, &mut rng).next,
+                Next::Wait { .. }
+            ),
+            "not in a row: a link came between"
+        );
+        m.waited();
+        let auth = Input::Rejected {
+            gateway: "b".into(),
+            code: v1::RejectCode::Auth,
+            reason: "revoked".into(),
+        };
+        assert!(matches!(
+            m.handle(now, auth, &e, &mut rng).next,
+            Next::GiveUp(GaveUp::Refused {
+                code: v1::RejectCode::Auth,
+                ..
+            })
+        ));
+    }
+
 }

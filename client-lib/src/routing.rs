@@ -654,4 +654,52 @@ mod tests {
             .collect();
         assert_eq!(got, ["b", "c", "a"]);
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn hello_carries_the_ticket_while_valid_else_the_app_token() {
+        let t0 = Instant::now();
+        let mut resp = answer(30_000);
+        // A router that issues no ticket (or a cache/bootstrap list): the app token.
+        assert_eq!(Ticket::from_answer(&resp, t0), None);
+        assert_eq!(hello_token(None, "app", t0), "app");
+        resp.ticket = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ1MSJ9.sig".into();
+        assert_eq!(
+            Ticket::from_answer(&resp, t0),
+            None,
+            "a ticket without a validity is out of date"
+        );
+        resp.ticket_valid_for_ms = 60_000;
+        let ticket = Ticket::from_answer(&resp, t0).expect("a ticket");
+        assert_eq!(hello_token(Some(&ticket), "app", t0), resp.ticket);
+        assert_eq!(
+            hello_token(Some(&ticket), "app", t0 + Duration::from_millis(59_999)),
+            resp.ticket
+        );
+        assert_eq!(
+            hello_token(Some(&ticket), "app", t0 + Duration::from_secs(60)),
+            "app",
+            "an expired ticket falls back to the app token"
+        );
+        assert!(
+            !format!("{ticket:?}").contains("eyJ"),
+            "a ticket never prints: {ticket:?}"
+        );
+        let cached = CachedList::from_answer(&resp, 0, None);
+        assert!(
+            !serde_json::to_string(&cached).unwrap().contains("eyJ"),
+            "nor reaches the cache file"
+        );
+    }
+
+    #[test]
+    fn the_bearer_is_sensitive_and_a_token_that_cannot_be_a_header_is_an_error() {
+        assert_eq!(bearer(""), Ok(None), "no token, no header");
+        let b = bearer("s3cret").unwrap().expect("a header");
+        assert!(b.is_sensitive());
+        assert_eq!(b.to_str().unwrap(), "Bearer s3cret");
+        let err = bearer("line\nbreak").unwrap_err();
+        assert_eq!(err, RouteError::BadToken);
+        assert!(!err.to_string().contains("line"), "{err}");
+    }
+
 }
