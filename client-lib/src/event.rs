@@ -571,6 +571,34 @@ mod tests {
     }
 
     #[test]
+    fn router_refusals_name_the_router_and_the_code() {
+        let retry = Event::Reconnecting {
+            attempt: 2,
+            delay: Duration::ZERO,
+            after: Setback::Unauthenticated {
+                router: "https://r1:7100".into(),
+                message: "expired".into(),
+            },
+        };
+        assert_eq!(
+            retry.to_string(),
+            "reconnecting attempt=2 delay=0ms after=(router https://r1:7100 refused the app token: expired)"
+        );
+        let gave_up = GaveUp::Unauthenticated {
+            router: "https://r1:7100".into(),
+            message: "expired".into(),
+        };
+        assert_eq!(gave_up.name(), "unauthenticated");
+        assert!(gave_up.to_string().contains("UNAUTHENTICATED"), "{gave_up}");
+        let denied = GaveUp::PermissionDenied {
+            router: "https://r1:7100".into(),
+            message: "banned".into(),
+        };
+        assert_eq!(denied.name(), "permission_denied");
+        assert!(denied.to_string().contains("PERMISSION_DENIED"), "{denied}");
+    }
+
+    #[test]
     fn only_network_faults_are_reported_and_only_auth_is_terminal() {
         let refused = |code| FailureKind::Refused {
             code,
