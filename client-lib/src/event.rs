@@ -308,10 +308,9 @@ pub enum Setback {
     /// A router answered `UNAUTHENTICATED` to the app token: the next round (at once) asks
     /// again with a fresh token; a second refusal in a row is [`GaveUp::Unauthenticated`].
     Unauthenticated {
-        /// The router endpoint that refused.
-        router: String,
-        /// The router's reason.
-        message: String,
+        /// The router endpoint and its reason, for display (one string keeps every
+        /// `Error` small).
+        detail: String,
     },
 }
 
@@ -331,8 +330,8 @@ impl fmt::Display for Setback {
             }
             Self::NoCandidates { detail } => write!(f, "no candidate: {detail}"),
             Self::Token { detail } => write!(f, "token provider: {detail}"),
-            Self::Unauthenticated { router, message } => {
-                write!(f, "router {router} refused the app token: {message}")
+            Self::Unauthenticated { detail } => {
+                write!(f, "router refused the app token: {detail}")
             }
         }
     }
@@ -576,13 +575,12 @@ mod tests {
             attempt: 2,
             delay: Duration::ZERO,
             after: Setback::Unauthenticated {
-                router: "https://r1:7100".into(),
-                message: "expired".into(),
+                detail: "https://r1:7100: expired".into(),
             },
         };
         assert_eq!(
             retry.to_string(),
-            "reconnecting attempt=2 delay=0ms after=(router https://r1:7100 refused the app token: expired)"
+            "reconnecting attempt=2 delay=0ms after=(router refused the app token: https://r1:7100: expired)"
         );
         let gave_up = GaveUp::Unauthenticated {
             router: "https://r1:7100".into(),

@@ -234,7 +234,9 @@ impl Machine {
                 router, message, ..
             } => {
                 self.token_retried = true;
-                self.again(Setback::Unauthenticated { router, message })
+                self.again(Setback::Unauthenticated {
+                    detail: format!("{router}: {message}"),
+                })
             }
             Input::Rejected {
                 gateway,
@@ -745,10 +747,10 @@ mod tests {
             Next::Wait {
                 delay,
                 attempt: 2,
-                after: Setback::Unauthenticated { router, .. },
+                after: Setback::Unauthenticated { detail },
             } => {
                 assert_eq!(delay, Duration::ZERO, "a fresh token needs no backoff");
-                assert_eq!(router, "https://r1:7100");
+                assert_eq!(detail, "https://r1:7100: bad token");
             }
             other => panic!("{other:?}"),
         }
