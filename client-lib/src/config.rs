@@ -195,7 +195,9 @@ impl RouterTls {
         use tonic::transport::{Certificate, ClientTlsConfig, Identity};
         let tls = match &self.ca_pem {
             Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
-            None => ClientTlsConfig::new().trust_anchors(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+            None => {
+                ClientTlsConfig::new().trust_anchors(webpki_roots::TLS_SERVER_ROOTS.iter().cloned())
+            }
         };
         match &self.identity {
             Some((cert, key)) => tls.identity(Identity::from_pem(cert, key)),
@@ -233,8 +235,8 @@ impl RouterTls {
         }
         if let Some((cert, key)) = &self.identity {
             let checked = certs(cert).and_then(|chain| {
-                let key = PrivateKeyDer::from_pem_slice(key)
-                    .map_err(|e| format!("private key: {e}"))?;
+                let key =
+                    PrivateKeyDer::from_pem_slice(key).map_err(|e| format!("private key: {e}"))?;
                 rustls::ClientConfig::builder_with_provider(Arc::new(
                     rustls::crypto::ring::default_provider(),
                 ))
@@ -1011,7 +1013,10 @@ mod tests {
         );
         let problems = base()
             .router_ca_pem("not a certificate")
-            .router_client_cert_pem(cert.clone(), "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+            .router_client_cert_pem(
+                cert.clone(),
+                "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+            )
             .build()
             .unwrap_err()
             .problems;
@@ -1041,5 +1046,4 @@ mod tests {
         let b = base().router_client_cert_pem("c", "PRIVATE-KEY-TEXT");
         assert!(!format!("{:?}", b.config).contains("PRIVATE-KEY-TEXT"));
     }
-
 }

@@ -810,14 +810,21 @@ mod tests {
         m.handle(now, Input::Start, &e, &mut rng);
         m.handle(now, candidates(2), &e, &mut rng);
         let step = m.handle(now, auth_expired("a"), &e, &mut rng);
-        assert!(step.report.is_empty(), "a stale ticket is not the gateway's fault");
+        assert!(
+            step.report.is_empty(),
+            "a stale ticket is not the gateway's fault"
+        );
         match step.next {
             Next::Wait {
                 delay,
                 after: Setback::Failed(f),
                 ..
             } => {
-                assert_eq!(delay, Duration::ZERO, "re-route at once, even at max_attempts");
+                assert_eq!(
+                    delay,
+                    Duration::ZERO,
+                    "re-route at once, even at max_attempts"
+                );
                 assert!(matches!(
                     f[0].kind,
                     FailureKind::Refused {
@@ -881,5 +888,4 @@ mod tests {
             })
         ));
     }
-
 }

@@ -701,5 +701,4 @@ mod tests {
         assert_eq!(err, RouteError::BadToken);
         assert!(!err.to_string().contains("line"), "{err}");
     }
-
 }

@@ -223,9 +223,11 @@ async fn session(
     // Bounded: a test peer never outlives a test by much.
     let limit = Instant::now() + Duration::from_secs(120);
     match tokio::time::timeout_at(limit, link.next()).await {
-        Ok(Some(Ok(Frame::Hello(h)))) => {
-            seen.lock().expect("peer lock").hellos.push((Instant::now(), h))
-        }
+        Ok(Some(Ok(Frame::Hello(h)))) => seen
+            .lock()
+            .expect("peer lock")
+            .hellos
+            .push((Instant::now(), h)),
         _ => return,
     }
     // Chosen when the HELLO arrives, so a script applies to HELLOs in arrival order.

@@ -146,21 +146,25 @@ impl Setup {
             _dir: dir,
         };
         // ListGateways, not Route: the Route counters stay the clients' own.
-        eventually(Duration::from_secs(20), "router serves gw-s over TLS", || {
-            let setup = &setup;
-            async move {
-                let mut c = setup.grpc().await?;
-                let list = c
-                    .list_gateways(with_token(pb::ListGatewaysRequest {}, APP_TOKEN))
-                    .await
-                    .ok()?;
-                list.get_ref()
-                    .gateways
-                    .iter()
-                    .any(|g| g.id == "gw-s")
-                    .then_some(())
-            }
-        })
+        eventually(
+            Duration::from_secs(20),
+            "router serves gw-s over TLS",
+            || {
+                let setup = &setup;
+                async move {
+                    let mut c = setup.grpc().await?;
+                    let list = c
+                        .list_gateways(with_token(pb::ListGatewaysRequest {}, APP_TOKEN))
+                        .await
+                        .ok()?;
+                    list.get_ref()
+                        .gateways
+                        .iter()
+                        .any(|g| g.id == "gw-s")
+                        .then_some(())
+                }
+            },
+        )
         .await;
         setup
     }
@@ -214,7 +218,10 @@ fn fast_client(client_id: &str) -> switchyard_client::Builder {
 /// the app token) when it issues tickets, else the app token.
 fn assert_hello_credential(hello_token: &str, probe_ticket: &str) {
     if probe_ticket.is_empty() {
-        assert_eq!(hello_token, APP_TOKEN, "no ticket issued: HELLO has the app token");
+        assert_eq!(
+            hello_token, APP_TOKEN,
+            "no ticket issued: HELLO has the app token"
+        );
     } else {
         assert_ne!(hello_token, APP_TOKEN, "a routed HELLO carries the ticket");
         assert_eq!(hello_token.split('.').count(), 3, "a compact JWT");
@@ -319,7 +326,10 @@ async fn a_wrong_app_token_gives_up_unauthenticated_promptly_without_a_fallback(
     // The first call and one retry with a fresh token: never a storm.
     assert_eq!(s.routes("unauthenticated").await, 2);
     assert_eq!(s.routes("ok").await, 0);
-    assert!(s.peer.hellos().is_empty(), "no fallback to the bootstrap list");
+    assert!(
+        s.peer.hellos().is_empty(),
+        "no fallback to the bootstrap list"
+    );
     let history = client.history();
     assert!(
         history.iter().any(|e| matches!(
