@@ -23,7 +23,7 @@ struct Args {
     /// Client id.
     #[arg(long, env = "SWITCHYARD_CLIENT_ID")]
     client_id: String,
-    /// Login token.
+    /// App token: the Route bearer, and the HELLO token when no login ticket is at hand.
     #[arg(long, env = "SWITCHYARD_TOKEN", default_value = "")]
     token: String,
     /// `tcp` or `ws`.
@@ -35,6 +35,10 @@ struct Args {
     /// Bootstrap gateways `id=address`, comma separated.
     #[arg(long, env = "SWITCHYARD_BOOTSTRAP", value_delimiter = ',')]
     bootstrap: Vec<String>,
+    /// PEM file of the CA that signed an `https://` router's certificate (default: the
+    /// Mozilla roots).
+    #[arg(long, env = "SWITCHYARD_ROUTER_CA")]
+    router_ca: Option<PathBuf>,
     /// File for the last good gateway list.
     #[arg(long, env = "SWITCHYARD_CACHE_FILE")]
     cache_file: Option<PathBuf>,
@@ -74,6 +78,9 @@ async fn main() -> anyhow::Result<()> {
         .protocol(protocol)
         .region(args.region)
         .bootstrap(bootstrap);
+    if let Some(p) = args.router_ca {
+        builder = builder.router_ca_pem(std::fs::read(&p)?);
+    }
     if let Some(p) = args.cache_file {
         builder = builder.cache_file(p);
     }

@@ -139,6 +139,16 @@ pub enum Problem {
         /// What is wrong.
         reason: String,
     },
+    /// A router TLS setting that cannot work: a CA or client certificate that does not
+    /// parse, or TLS settings beside an `http://` router (the app token would travel in
+    /// clear while the app believes it protected).
+    #[error("{setting}: {reason}")]
+    RouterTls {
+        /// Builder method (or `routers`).
+        setting: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// Why a configuration was refused: every problem found, not just the first.
@@ -163,15 +173,111 @@ impl From<Problem> for ConfigError {
     }
 }
 
+/// How the client checks `https://` routers and proves itself to them (gateway links have
+/// their own `tls`).
+#[derive(Clone, Default)]
+pub(crate) struct RouterTls {
+    /// PEM CA certificates trusted instead of the Mozilla roots: routers behind a private CA.
+    pub(crate) ca_pem: Option<Vec<u8>>,
+    /// PEM certificate chain and private key presented to routers that require mTLS.
+    pub(crate) identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl RouterTls {
+    /// Whether the app asked for anything beyond the defaults.
+    fn is_set(&self) -> bool {
+        self.ca_pem.is_some() || self.identity.is_some()
+    }
+
+    /// The tonic TLS settings for one `https://` endpoint (the server name comes from the
+    /// URL). Only called on settings `problems()` accepted.
+    pub(crate) fn tonic(&self) -> tonic::transport::ClientTlsConfig {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let tls = match &self.ca_pem {
+            Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
+            None => {
+                ClientTlsConfig::new().trust_anchors(webpki_roots::TLS_SERVER_ROOTS.iter().cloned())
+            }
+        };
+        match &self.identity {
+            Some((cert, key)) => tls.identity(Identity::from_pem(cert, key)),
+            None => tls,
+        }
+    }
+
+    /// What is wrong with the PEM texts, checked the way rustls will use them, so a typo
+    /// fails `build()` instead of every later Route call.
+    fn problems(&self, routers: &[String]) -> Vec<Problem> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let mut err = Vec::new();
+        let certs = |pem: &[u8]| -> Result<Vec<CertificateDer<'static>>, String> {
+            let certs = CertificateDer::pem_slice_iter(pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
+            if certs.is_empty() {
+                return Err("no certificate in the PEM text".into());
+            }
+            Ok(certs)
+        };
+        if let Some(pem) = &self.ca_pem {
+            let mut roots = rustls::RootCertStore::empty();
+            let added = certs(pem).and_then(|list| {
+                list.into_iter()
+                    .try_for_each(|c| roots.add(c).map_err(|e| e.to_string()))
+            });
+            if let Err(reason) = added {
+                err.push(Problem::RouterTls {
+                    setting: "router_ca_pem",
+                    reason,
+                });
+            }
+        }
+        if let Some((cert, key)) = &self.identity {
+            let checked = certs(cert).and_then(|chain| {
+                let key =
+                    PrivateKeyDer::from_pem_slice(key).map_err(|e| format!("private key: {e}"))?;
+                rustls::ClientConfig::builder_with_provider(Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_client_auth_cert(chain, key)
+                .map(drop)
+                .map_err(|e| e.to_string())
+            });
+            if let Err(reason) = checked {
+                err.push(Problem::RouterTls {
+                    setting: "router_client_cert_pem",
+                    reason,
+                });
+            }
+        }
+        if self.is_set() {
+            for r in routers.iter().filter(|r| r.starts_with("http://")) {
+                err.push(Problem::RouterTls {
+                    setting: "routers",
+                    reason: format!("{r} is http:// but router TLS settings are given"),
+                });
+            }
+        }
+        err
+    }
+}
+
 /// Validated client settings (build with [`crate::Client::builder`]).
 #[derive(Clone)]
 pub(crate) struct Config {
-    /// Router gRPC endpoints (`http://host:port`); the first asked is the one that answered
-    /// last (remembered in the cache file), else a random one.
+    /// Router gRPC endpoints (`http://host:port` or `https://host:port`); the first asked
+    /// is the one that answered last (remembered in the cache file), else a random one.
     pub(crate) routers: Vec<String>,
+    /// Trust and client certificate for `https://` routers.
+    pub(crate) router_tls: RouterTls,
     /// Sticky routing key and HELLO identity.
     pub(crate) client_id: String,
-    /// Fresh token for every HELLO.
+    /// The app token: fetched once per round, sent as the bearer on Route and in HELLO
+    /// when no login ticket is at hand.
     pub(crate) token: TokenProvider,
     /// Locality hints for the router (empty: the router maps the caller's IP).
     pub(crate) region: String,
@@ -226,6 +332,8 @@ impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("routers", &self.routers)
+            .field("router_ca", &self.router_tls.ca_pem.is_some())
+            .field("router_client_cert", &self.router_tls.identity.is_some())
             .field("client_id", &self.client_id)
             .field("protocol", &self.protocol)
             .field("tls", &self.tls.is_some())
@@ -373,6 +481,7 @@ impl Builder {
         Self {
             config: Config {
                 routers: Vec::new(),
+                router_tls: RouterTls::default(),
                 client_id: String::new(),
                 token: TokenProvider::fixed(String::new()),
                 region: String::new(),
@@ -402,7 +511,10 @@ impl Builder {
         }
     }
 
-    /// Router endpoints (`http://host:port`), several for redundancy.
+    /// Router endpoints, several for redundancy: `https://host:port` (TLS, checked against
+    /// the Mozilla roots unless [`Builder::router_ca_pem`] is given) or `http://host:port`
+    /// (plain text: the app token travels in clear, so keep it to loopback and private
+    /// networks).
     pub fn routers<I, S>(mut self, urls: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -412,20 +524,43 @@ impl Builder {
         self
     }
 
+    /// Trust exactly the CA certificates in this PEM text for `https://` routers (instead
+    /// of the Mozilla roots): routers behind a private CA. `build()` refuses text without a
+    /// certificate.
+    pub fn router_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.config.router_tls.ca_pem = Some(pem.into());
+        self
+    }
+
+    /// Present this client certificate (PEM chain and PEM private key) to `https://`
+    /// routers that require mutual TLS. `build()` refuses a chain or key that does not
+    /// parse.
+    pub fn router_client_cert_pem(
+        mut self,
+        cert_chain_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.config.router_tls.identity = Some((cert_chain_pem.into(), key_pem.into()));
+        self
+    }
+
     /// The client's id (required, 1–256 bytes).
     pub fn client_id(mut self, id: impl Into<String>) -> Self {
         self.config.client_id = id.into();
         self
     }
 
-    /// A fixed token for every HELLO.
+    /// A fixed app token: the bearer on every Route call, and the HELLO token when no
+    /// login ticket is at hand.
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.config.token = TokenProvider::fixed(token.into());
         self
     }
 
-    /// An async closure called before every HELLO (first login and every reconnect, never
-    /// when there is no gateway to try); an error counts as a failed round.
+    /// An async closure giving the app token, called once per round (first login and every
+    /// reconnect): before routing when routers are configured (the token is the Route
+    /// bearer), else before the HELLO, never when there is nothing to ask or try. An error
+    /// counts as a failed round.
     ///
     /// ```no_run
     /// # fn demo() -> Result<(), switchyard_client::ConfigError> {
@@ -446,8 +581,8 @@ impl Builder {
         self
     }
 
-    /// A token source the client borrows for every HELLO: implement [`TokenSource`] on your
-    /// login service (no cloning into closures).
+    /// A token source the client borrows once per round, like [`Builder::token_provider`]:
+    /// implement [`TokenSource`] on your login service (no cloning into closures).
     pub fn token_source(mut self, source: impl TokenSource) -> Self {
         self.config.token = TokenProvider::source(source);
         self
@@ -654,6 +789,7 @@ impl Config {
                 err.push(Problem::RouterUrl(r.clone()));
             }
         }
+        err.extend(c.router_tls.problems(&c.routers));
         for g in &c.bootstrap {
             if g.id.is_empty() || g.address.is_empty() {
                 err.push(Problem::Bootstrap(format!("{g:?}")));
@@ -850,5 +986,64 @@ mod tests {
                 .build()
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn router_tls_settings_are_checked_at_build() {
+        let fixture = |name: &str| {
+            std::fs::read(format!(
+                "{}/../tests/fixtures/tls/{name}",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap()
+        };
+        let (cert, key) = (fixture("localhost.crt"), fixture("localhost.key"));
+        let base = || {
+            Builder::new()
+                .client_id("u")
+                .routers(["https://router.example:7100"])
+        };
+        assert!(base().build().is_ok(), "https with the Mozilla roots");
+        assert!(
+            base()
+                .router_ca_pem(cert.clone())
+                .router_client_cert_pem(cert.clone(), key.clone())
+                .build()
+                .is_ok()
+        );
+        let problems = base()
+            .router_ca_pem("not a certificate")
+            .router_client_cert_pem(
+                cert.clone(),
+                "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+            )
+            .build()
+            .unwrap_err()
+            .problems;
+        assert!(
+            matches!(
+                &problems[..],
+                [
+                    Problem::RouterTls { setting: "router_ca_pem", reason },
+                    Problem::RouterTls { setting: "router_client_cert_pem", .. },
+                ] if reason.contains("no certificate")
+            ),
+            "{problems:?}"
+        );
+        // TLS settings beside a plain-text router: the token would travel in clear.
+        let problems = Builder::new()
+            .client_id("u")
+            .routers(["http://10.0.0.1:7100"])
+            .router_ca_pem(cert)
+            .build()
+            .unwrap_err()
+            .problems;
+        assert!(
+            matches!(&problems[..], [Problem::RouterTls { setting: "routers", reason }] if reason.contains("http://10.0.0.1:7100")),
+            "{problems:?}"
+        );
+        // The key never reaches Debug output.
+        let b = base().router_client_cert_pem("c", "PRIVATE-KEY-TEXT");
+        assert!(!format!("{:?}", b.config).contains("PRIVATE-KEY-TEXT"));
     }
 }

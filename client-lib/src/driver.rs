@@ -23,8 +23,8 @@ use crate::heartbeat::{Due, Heartbeat};
 use crate::race::{AttemptError, Outcome, RaceSettings, race};
 use crate::reconnect::{Input, Limits, Machine, Next, Step};
 use crate::routing::{
-    CachedList, FailureLog, Gateway, RouteError, RouteSource, RouterPolicy, Routers,
-    order_fallback, unix_ms,
+    CachedList, FailureLog, Gateway, RouteError, RouteSource, RouterPolicy, Routers, Ticket,
+    bearer, hello_token, order_fallback, unix_ms,
 };
 use crate::transport::{Dialer, LinkRx, LinkTx};
 
@@ -93,6 +93,11 @@ pub(crate) struct Driver {
     router_policy: RouterPolicy,
     /// The current round's candidates.
     list: Vec<Gateway>,
+    /// The login ticket that came with `list` (only from a router answer).
+    ticket: Option<Ticket>,
+    /// The app token fetched for this round's Route call, reused for its HELLO so one
+    /// round calls the token provider once.
+    round_token: Option<String>,
     /// The winner of the last race, until its session starts.
     won: Option<Won>,
     /// Current network label.
@@ -119,7 +124,7 @@ impl Driver {
             None
         } else {
             let remembered = cache.as_ref().and_then(|c| c.router.as_deref());
-            match Routers::new(&cfg.routers, cfg.route_timeout, remembered) {
+            match Routers::new(&cfg.routers, &cfg.router_tls, cfg.route_timeout, remembered) {
                 Ok(r) => Some(r),
                 Err(e) => {
                     tracing::error!(error = %e, "router endpoints unusable; using cache and bootstrap only");
@@ -151,6 +156,8 @@ impl Driver {
             failures: FailureLog::default(),
             router_policy,
             list: Vec::new(),
+            ticket: None,
+            round_token: None,
             won: None,
             session_id: String::new(),
             rng: StdRng::from_os_rng(),
@@ -347,13 +354,27 @@ impl Driver {
         );
     }
 
-    /// Router, else valid cache, else bootstrap.
+    /// Router (with the app token as bearer), else valid cache, else bootstrap.
     async fn route(&mut self) -> Result<Input, Interrupt> {
+        self.ticket = None;
+        self.round_token = None;
         let now = Instant::now();
         self.failures.expire(now);
         let exclude = self.failures.excluded(now);
         let routed = match self.routers.clone() {
             Some(routers) => {
+                let token = match self.guarded(self.cfg.token.fetch()).await? {
+                    Ok(t) => t,
+                    Err(e) => return Ok(Input::TokenFailed(e.0)),
+                };
+                let auth = match bearer(&token) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        metrics::counter!("switchyard_client_bad_tokens_total").increment(1);
+                        return Ok(Input::TokenFailed(e.to_string()));
+                    }
+                };
+                self.round_token = Some(token);
                 let req = v1::RouteRequest {
                     client_id: self.cfg.client_id.clone(),
                     region: self.cfg.region.clone(),
@@ -365,12 +386,24 @@ impl Driver {
                     failures: self.failures.report(now),
                     ..Default::default()
                 };
-                self.guarded(async move { routers.route(&req).await })
+                self.guarded(async move { routers.route(&req, auth.as_ref()).await })
                     .await?
             }
             None => Err(RouteError::NoRouter),
         };
         let detail = match routed {
+            // Never the cache or the bootstrap list here: a revoked login must not hide there.
+            Err(RouteError::Refused {
+                router,
+                denied,
+                message,
+            }) => {
+                return Ok(Input::RouteRefused {
+                    router,
+                    denied,
+                    message,
+                });
+            }
             Ok((resp, _)) if resp.gateways.is_empty() => "router answered with no gateway".into(),
             Ok((resp, url)) => {
                 let mut cached = CachedList::from_answer(
@@ -387,6 +420,7 @@ impl Driver {
                 }
                 self.list = cached.gateways.clone();
                 self.cache = Some(cached);
+                self.ticket = Ticket::from_answer(&resp, Instant::now());
                 return Ok(self.chose(RouteSource::Router, String::new()));
             }
             Err(e) => e.to_string(),
@@ -416,15 +450,19 @@ impl Driver {
         }
     }
 
-    /// Token, then the staggered race over the round's candidates.
+    /// The HELLO credential (the round's ticket, else the app token), then the staggered
+    /// race over the round's candidates.
     async fn dial(&mut self) -> Result<Input, Interrupt> {
-        let token = match self.guarded(self.cfg.token.fetch()).await? {
-            Ok(t) => t,
-            Err(e) => return Ok(Input::TokenFailed(e.0)),
+        let app_token = match self.round_token.take() {
+            Some(t) => t,
+            None => match self.guarded(self.cfg.token.fetch()).await? {
+                Ok(t) => t,
+                Err(e) => return Ok(Input::TokenFailed(e.0)),
+            },
         };
         let hello = v1::Hello {
             client_id: self.cfg.client_id.clone(),
-            token,
+            token: hello_token(self.ticket.as_ref(), &app_token, Instant::now()),
             session_id: self.session_id.clone(),
             client_version: env!("CARGO_PKG_VERSION").into(),
         };
@@ -765,7 +803,16 @@ async fn handshake(
                 retry_after: (r.retry_after_ms > 0)
                     .then(|| Duration::from_millis(r.retry_after_ms)),
             };
-            if kind.is_terminal() {
+            // AUTH_EXPIRED ends the race too: every candidate got the same stale
+            // credential; the machine routes once more for a fresh one.
+            let stale = matches!(
+                kind,
+                FailureKind::Refused {
+                    code: v1::RejectCode::AuthExpired,
+                    ..
+                }
+            );
+            if kind.is_terminal() || stale {
                 Err(AttemptError::Terminal(kind))
             } else {
                 Err(AttemptError::Next(kind))

@@ -300,9 +300,16 @@ pub enum Setback {
         /// Why no router answered, for display.
         detail: String,
     },
-    /// The token provider failed, so no HELLO could be sent.
+    /// The token provider failed, so neither a Route call nor a HELLO could be sent.
     Token {
         /// Its error, for display.
+        detail: String,
+    },
+    /// A router answered `UNAUTHENTICATED` to the app token: the next round (at once) asks
+    /// again with a fresh token; a second refusal in a row is [`GaveUp::Unauthenticated`].
+    Unauthenticated {
+        /// The router endpoint and its reason, for display (one string keeps every
+        /// `Error` small).
         detail: String,
     },
 }
@@ -323,6 +330,9 @@ impl fmt::Display for Setback {
             }
             Self::NoCandidates { detail } => write!(f, "no candidate: {detail}"),
             Self::Token { detail } => write!(f, "token provider: {detail}"),
+            Self::Unauthenticated { detail } => {
+                write!(f, "router refused the app token: {detail}")
+            }
         }
     }
 }
@@ -331,7 +341,8 @@ impl fmt::Display for Setback {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum GaveUp {
-    /// A gateway refused the credentials (REJECT AUTH or BAD_HELLO): retrying would not help.
+    /// A gateway refused the credentials (REJECT AUTH or BAD_HELLO, or AUTH_EXPIRED again
+    /// right after routing once more for a fresh ticket): retrying would not help.
     Refused {
         /// Gateway id.
         gateway: String,
@@ -339,6 +350,23 @@ pub enum GaveUp {
         code: v1::RejectCode,
         /// The gateway's reason.
         reason: String,
+    },
+    /// A router answered `UNAUTHENTICATED` to the app token twice in a row (the second time
+    /// with a fresh token from the token provider): the app must log the user in again.
+    /// The cached or bootstrap lists are not tried, so a revoked login cannot hide there.
+    Unauthenticated {
+        /// The router endpoint that refused.
+        router: String,
+        /// The router's reason.
+        message: String,
+    },
+    /// A router answered `PERMISSION_DENIED`: the token is valid but this identity may not
+    /// log in; a fresh token would not change that.
+    PermissionDenied {
+        /// The router endpoint that refused.
+        router: String,
+        /// The router's reason.
+        message: String,
     },
     /// `max_attempts` consecutive rounds failed.
     AttemptLimit {
@@ -373,6 +401,8 @@ impl GaveUp {
     pub fn name(&self) -> &'static str {
         match self {
             Self::Refused { .. } => "refused",
+            Self::Unauthenticated { .. } => "unauthenticated",
+            Self::PermissionDenied { .. } => "permission_denied",
             Self::AttemptLimit { .. } => "attempt_limit",
             Self::TimeLimit { .. } => "time_limit",
             Self::LoginDeadline { .. } => "login_deadline",
@@ -391,6 +421,14 @@ impl fmt::Display for GaveUp {
                 f,
                 "{gateway} refused the login ({}): {reason}",
                 code.as_str_name()
+            ),
+            Self::Unauthenticated { router, message } => write!(
+                f,
+                "router {router} refused the app token twice (UNAUTHENTICATED): {message}"
+            ),
+            Self::PermissionDenied { router, message } => write!(
+                f,
+                "router {router} denied the login (PERMISSION_DENIED): {message}"
             ),
             Self::AttemptLimit { attempts, last } => {
                 write!(f, "{attempts} attempts failed; last: {last}")
@@ -529,6 +567,33 @@ mod tests {
                 "gave_up cause=attempt_limit (3 attempts failed; last: no candidate: no router answered)",
             ]
         );
+    }
+
+    #[test]
+    fn router_refusals_name_the_router_and_the_code() {
+        let retry = Event::Reconnecting {
+            attempt: 2,
+            delay: Duration::ZERO,
+            after: Setback::Unauthenticated {
+                detail: "https://r1:7100: expired".into(),
+            },
+        };
+        assert_eq!(
+            retry.to_string(),
+            "reconnecting attempt=2 delay=0ms after=(router refused the app token: https://r1:7100: expired)"
+        );
+        let gave_up = GaveUp::Unauthenticated {
+            router: "https://r1:7100".into(),
+            message: "expired".into(),
+        };
+        assert_eq!(gave_up.name(), "unauthenticated");
+        assert!(gave_up.to_string().contains("UNAUTHENTICATED"), "{gave_up}");
+        let denied = GaveUp::PermissionDenied {
+            router: "https://r1:7100".into(),
+            message: "banned".into(),
+        };
+        assert_eq!(denied.name(), "permission_denied");
+        assert!(denied.to_string().contains("PERMISSION_DENIED"), "{denied}");
     }
 
     #[test]

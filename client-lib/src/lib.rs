@@ -33,9 +33,10 @@
 //!   [`Setback`], [`GaveUp`]), [`Error`], [`SendError`], [`Undelivered`].
 //! - `config`: [`Builder`] (validated settings), [`Protocol`], [`Keepalive`], TLS helpers,
 //!   and the one place settings are merged (local > router > WELCOME > default).
-//! - `token`: [`TokenSource`] and the token provider called before every HELLO.
-//! - `routing`: router gRPC calls over several endpoints, the cached last good list, the
-//!   failure log behind `exclude`/`failures`.
+//! - `token`: [`TokenSource`] and the app-token provider called once per round.
+//! - `routing`: router gRPC calls over several endpoints (`https://` with rustls, the app
+//!   token as bearer), the cached last good list, the login ticket and the choice of the
+//!   HELLO credential, the failure log behind `exclude`/`failures`.
 //! - `race`: staggered connection racing (pure, generic over the attempt).
 //! - `heartbeat`: idle-only PING and dead-link deadlines; the adaptive interval.
 //! - `outbox`: numbered DATA frames kept until ACKed and resent in order on a new link.

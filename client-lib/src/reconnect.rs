@@ -25,18 +25,27 @@ pub(crate) enum Input {
         /// Why it is empty, for the setback (routing error).
         detail: String,
     },
-    /// The token provider failed.
+    /// The token provider failed (or gave a token that cannot be sent).
     TokenFailed(String),
+    /// A router refused the app token (`UNAUTHENTICATED`) or the identity (`PERMISSION_DENIED`).
+    RouteRefused {
+        /// The router endpoint.
+        router: String,
+        /// `PERMISSION_DENIED`: a fresh token would not help.
+        denied: bool,
+        /// The router's reason.
+        message: String,
+    },
     /// A gateway accepted; `failures` are the candidates that failed before it.
     Won {
         /// Those that failed first.
         failures: Vec<Failure>,
     },
-    /// A gateway refused the credentials: nothing else will work either.
+    /// A gateway refused the credentials: nothing else in this list will work either.
     Rejected {
         /// Gateway id.
         gateway: String,
-        /// REJECT code (AUTH or BAD_HELLO).
+        /// REJECT code (AUTH, BAD_HELLO or AUTH_EXPIRED).
         code: v1::RejectCode,
         /// The gateway's reason.
         reason: String,
@@ -132,6 +141,13 @@ pub(crate) struct Machine {
     login_started: Option<Instant>,
     /// What the last round ran into, for the give-up reason.
     last: Option<Setback>,
+    /// A router refused the app token and the round after asked again with a fresh one: a
+    /// second refusal is terminal (one retry, never a storm). Cleared once a round gets a
+    /// candidate list.
+    token_retried: bool,
+    /// A gateway answered AUTH_EXPIRED and the client routed once more for a fresh ticket:
+    /// a second AUTH_EXPIRED in a row is terminal. Cleared by any other end of a race.
+    ticket_retried: bool,
 }
 
 impl Machine {
@@ -143,6 +159,8 @@ impl Machine {
             since: now,
             login_started: Some(now),
             last: None,
+            token_retried: false,
+            ticket_retried: false,
         }
     }
 
@@ -162,6 +180,19 @@ impl Machine {
         self.attempt = 0;
         self.since = now;
         self.last = None;
+        self.token_retried = false;
+        self.ticket_retried = false;
+    }
+
+    /// A new round at once, for a fresh credential: no backoff (nothing is down; the
+    /// retry is bounded by the flags above), and the wait's event says why.
+    fn again(&mut self, after: Setback) -> Step {
+        self.last = Some(after.clone());
+        Step::next(Next::Wait {
+            delay: Duration::ZERO,
+            attempt: self.attempt + 1,
+            after,
+        })
     }
 
     /// Feeds one input; `eff` is the policy in force now (the router may have changed it).
@@ -179,11 +210,49 @@ impl Machine {
                 Step::next(self.route())
             }
             Input::Candidates { count: 0, detail } => {
+                self.token_retried = false;
                 self.failed_round(now, Setback::NoCandidates { detail }, eff, rng)
             }
-            Input::Candidates { .. } => Step::next(Next::Dial),
+            Input::Candidates { .. } => {
+                self.token_retried = false;
+                Step::next(Next::Dial)
+            }
             Input::TokenFailed(detail) => {
                 self.failed_round(now, Setback::Token { detail }, eff, rng)
+            }
+            Input::RouteRefused {
+                router,
+                denied: true,
+                message,
+            } => Step::next(Next::GiveUp(GaveUp::PermissionDenied { router, message })),
+            Input::RouteRefused {
+                router, message, ..
+            } if self.token_retried => {
+                Step::next(Next::GiveUp(GaveUp::Unauthenticated { router, message }))
+            }
+            Input::RouteRefused {
+                router, message, ..
+            } => {
+                self.token_retried = true;
+                self.again(Setback::Unauthenticated {
+                    detail: format!("{router}: {message}"),
+                })
+            }
+            Input::Rejected {
+                gateway,
+                code: v1::RejectCode::AuthExpired,
+                reason,
+            } if !self.ticket_retried => {
+                // Not reported: the gateway is fine, the credential was stale.
+                self.ticket_retried = true;
+                self.again(Setback::Failed(vec![Failure {
+                    gateway,
+                    kind: FailureKind::Refused {
+                        code: v1::RejectCode::AuthExpired,
+                        reason,
+                        retry_after: None,
+                    },
+                }]))
             }
             Input::Won { failures } => {
                 let attempt = self.attempt;
@@ -205,6 +274,7 @@ impl Machine {
                 reason,
             })),
             Input::Exhausted(failures) => {
+                self.ticket_retried = false;
                 let mut step = self.failed_round(now, Setback::Failed(failures.clone()), eff, rng);
                 // When every candidate asked for time, come back no sooner than the first of
                 // them is willing again.
@@ -646,5 +716,176 @@ mod tests {
         assert!(
             matches!(step.next, Next::GiveUp(GaveUp::TimeLimit { elapsed, .. }) if elapsed == Duration::from_secs(61))
         );
+    }
+
+    fn refused_by_router(denied: bool) -> Input {
+        Input::RouteRefused {
+            router: "https://r1:7100".into(),
+            denied,
+            message: "bad token".into(),
+        }
+    }
+
+    fn auth_expired(id: &str) -> Input {
+        Input::Rejected {
+            gateway: id.into(),
+            code: v1::RejectCode::AuthExpired,
+            reason: "ticket expired".into(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_app_token_is_retried_once_with_a_fresh_one_then_gives_up() {
+        let mut rng = StdRng::seed_from_u64(9);
+        let e = eff();
+        let mut m = Machine::new(LIMITS, Instant::now());
+        let now = Instant::now();
+        m.handle(now, Input::Start, &e, &mut rng);
+        let step = m.handle(now, refused_by_router(false), &e, &mut rng);
+        assert!(step.report.is_empty());
+        match step.next {
+            Next::Wait {
+                delay,
+                attempt: 2,
+                after: Setback::Unauthenticated { detail },
+            } => {
+                assert_eq!(delay, Duration::ZERO, "a fresh token needs no backoff");
+                assert_eq!(detail, "https://r1:7100: bad token");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(m.waited(), Next::Route { attempt: 2 });
+        match m.handle(now, refused_by_router(false), &e, &mut rng).next {
+            Next::GiveUp(GaveUp::Unauthenticated { router, message }) => {
+                assert_eq!(router, "https://r1:7100");
+                assert_eq!(message, "bad token");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_accepted_after_the_retry_earns_a_new_retry_later() {
+        let mut rng = StdRng::seed_from_u64(10);
+        let e = eff();
+        let mut m = Machine::new(LIMITS, Instant::now());
+        let now = Instant::now();
+        m.handle(now, Input::Start, &e, &mut rng);
+        m.handle(now, refused_by_router(false), &e, &mut rng);
+        m.waited();
+        // The fresh token worked: the router answered with a list.
+        assert_eq!(m.handle(now, candidates(1), &e, &mut rng).next, Next::Dial);
+        m.handle(now, Input::Exhausted(vec![unreachable("a")]), &e, &mut rng);
+        m.waited();
+        // Hours later the token expired again: one more fresh-token round, not a give-up.
+        assert!(matches!(
+            m.handle(now, refused_by_router(false), &e, &mut rng).next,
+            Next::Wait {
+                after: Setback::Unauthenticated { .. },
+                ..
+            }
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn permission_denied_gives_up_at_once() {
+        let mut rng = StdRng::seed_from_u64(11);
+        let e = eff();
+        let mut m = Machine::new(LIMITS, Instant::now());
+        let now = Instant::now();
+        m.handle(now, Input::Start, &e, &mut rng);
+        assert!(matches!(
+            m.handle(now, refused_by_router(true), &e, &mut rng).next,
+            Next::GiveUp(GaveUp::PermissionDenied { .. })
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn auth_expired_routes_once_more_and_twice_in_a_row_is_terminal() {
+        let mut rng = StdRng::seed_from_u64(12);
+        let mut e = eff();
+        e.max_attempts = Some(1);
+        let mut m = Machine::new(LIMITS, Instant::now());
+        let now = Instant::now();
+        m.handle(now, Input::Start, &e, &mut rng);
+        m.handle(now, candidates(2), &e, &mut rng);
+        let step = m.handle(now, auth_expired("a"), &e, &mut rng);
+        assert!(
+            step.report.is_empty(),
+            "a stale ticket is not the gateway's fault"
+        );
+        match step.next {
+            Next::Wait {
+                delay,
+                after: Setback::Failed(f),
+                ..
+            } => {
+                assert_eq!(
+                    delay,
+                    Duration::ZERO,
+                    "re-route at once, even at max_attempts"
+                );
+                assert!(matches!(
+                    f[0].kind,
+                    FailureKind::Refused {
+                        code: v1::RejectCode::AuthExpired,
+                        ..
+                    }
+                ));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(m.waited(), Next::Route { attempt: 2 });
+        m.handle(now, candidates(2), &e, &mut rng);
+        match m.handle(now, auth_expired("a"), &e, &mut rng).next {
+            Next::GiveUp(GaveUp::Refused { gateway, code, .. }) => {
+                assert_eq!(gateway, "a");
+                assert_eq!(code, v1::RejectCode::AuthExpired);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn auth_expired_after_a_session_starts_a_fresh_count_and_auth_stays_terminal() {
+        let mut rng = StdRng::seed_from_u64(13);
+        let e = eff();
+        let mut m = Machine::new(LIMITS, Instant::now());
+        let now = Instant::now();
+        m.handle(now, Input::Start, &e, &mut rng);
+        m.handle(now, auth_expired("a"), &e, &mut rng);
+        m.waited();
+        m.handle(now, Input::Won { failures: vec![] }, &e, &mut rng);
+        m.handle(
+            now,
+            Input::Lost {
+                gateway: "a".into(),
+                cause: DisconnectCause::GoAway {
+                    reason: "drain".into(),
+                },
+            },
+            &e,
+            &mut rng,
+        );
+        assert!(
+            matches!(
+                m.handle(now, auth_expired("b"), &e, &mut rng).next,
+                Next::Wait { .. }
+            ),
+            "not in a row: a link came between"
+        );
+        m.waited();
+        let auth = Input::Rejected {
+            gateway: "b".into(),
+            code: v1::RejectCode::Auth,
+            reason: "revoked".into(),
+        };
+        assert!(matches!(
+            m.handle(now, auth, &e, &mut rng).next,
+            Next::GiveUp(GaveUp::Refused {
+                code: v1::RejectCode::Auth,
+                ..
+            })
+        ));
     }
 }

@@ -10,8 +10,10 @@ use serde::{Deserialize, Serialize};
 use switchyard_proto::limits::policy_floor;
 use switchyard_proto::v1;
 use tokio::time::Instant;
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
+use crate::config::RouterTls;
 use crate::event::FailureKind;
 
 /// A gateway the client may connect to.
@@ -300,6 +302,61 @@ pub(crate) fn order_fallback(list: &[Gateway], exclude: &[String]) -> Vec<Gatewa
     ok
 }
 
+/// A login ticket from a Route answer (DESIGN contract 5), kept beside the list it came
+/// with: opaque to the client, never printed, never written to the cache file.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Ticket {
+    /// The compact JWT the gateways of that answer admit.
+    token: String,
+    /// End of validity on this client's clock (`ticket_valid_for_ms` after the answer), so
+    /// the client needs neither to parse the ticket nor to trust its own wall clock.
+    expires: Instant,
+}
+
+impl std::fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ticket")
+            .field("expires", &self.expires)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ticket {
+    /// The ticket of an answer received at `now`; `None` when it carries none (a router
+    /// that issues no tickets, or an answer already out of date).
+    pub(crate) fn from_answer(resp: &v1::RouteResponse, now: Instant) -> Option<Self> {
+        (!resp.ticket.is_empty() && resp.ticket_valid_for_ms > 0).then(|| Self {
+            token: resp.ticket.clone(),
+            expires: now + Duration::from_millis(resp.ticket_valid_for_ms),
+        })
+    }
+}
+
+/// What HELLO carries: the round's login ticket while it is valid, else the app token (a
+/// list from the cache or the bootstrap list has no ticket; a gateway may accept the app
+/// token then, and answers AUTH_EXPIRED to a stale credential).
+pub(crate) fn hello_token(ticket: Option<&Ticket>, app_token: &str, now: Instant) -> String {
+    match ticket {
+        Some(t) if now < t.expires => t.token.clone(),
+        _ => app_token.to_owned(),
+    }
+}
+
+/// The app token as an `authorization: Bearer` value, marked sensitive (never indexed by
+/// HPACK, never printed by tonic); `None` for an empty token (a router without auth needs
+/// none).
+pub(crate) fn bearer(token: &str) -> Result<Option<MetadataValue<Ascii>>, RouteError> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let mut v = MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| {
+        // The error would echo the value: say what is wrong without the token.
+        RouteError::BadToken
+    })?;
+    v.set_sensitive(true);
+    Ok(Some(v))
+}
+
 /// Why no router answered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum RouteError {
@@ -309,6 +366,20 @@ pub(crate) enum RouteError {
     /// Every endpoint failed; the last reason.
     #[error("no router answered: {0}")]
     Unanswered(String),
+    /// A router refused the app token (`UNAUTHENTICATED`) or the identity behind it
+    /// (`PERMISSION_DENIED`): the other endpoints share the policy, so they are not asked.
+    #[error("router {router} refused the credentials: {message}")]
+    Refused {
+        /// The endpoint that refused.
+        router: String,
+        /// `PERMISSION_DENIED` rather than `UNAUTHENTICATED`.
+        denied: bool,
+        /// The router's reason.
+        message: String,
+    },
+    /// The app token cannot be sent as an HTTP header value.
+    #[error("the app token is not a valid header value (visible ASCII only)")]
+    BadToken,
 }
 
 /// gRPC clients for every configured router endpoint. Cheap to clone (channels are
@@ -326,17 +397,22 @@ pub(crate) struct Routers {
 }
 
 impl Routers {
-    /// Channels for `urls` (connected on first use), asking `remembered` first when it is
-    /// one of them. Must run inside a tokio runtime.
+    /// Channels for `urls` (connected on first use; TLS with `tls` for `https://`), asking
+    /// `remembered` first when it is one of them. Must run inside a tokio runtime.
     pub(crate) fn new(
         urls: &[String],
+        tls: &RouterTls,
         timeout: Duration,
         remembered: Option<&str>,
     ) -> Result<Self, tonic::transport::Error> {
         let clients = urls
             .iter()
             .map(|u| {
-                let ch = Endpoint::from_shared(u.clone())?
+                let mut endpoint = Endpoint::from_shared(u.clone())?;
+                if u.starts_with("https://") {
+                    endpoint = endpoint.tls_config(tls.tonic())?;
+                }
+                let ch = endpoint
                     .connect_timeout(timeout)
                     .timeout(timeout)
                     .connect_lazy();
@@ -355,11 +431,13 @@ impl Routers {
         })
     }
 
-    /// Asks each endpoint in turn (last good one first), each under the deadline; returns
-    /// the answer and the endpoint that gave it.
+    /// Asks each endpoint in turn (last good one first), each under the deadline, with the
+    /// app token as bearer; returns the answer and the endpoint that gave it. A refusal of
+    /// the credentials ends the search at once: every endpoint would say the same.
     pub(crate) async fn route(
         &self,
         req: &v1::RouteRequest,
+        bearer: Option<&MetadataValue<Ascii>>,
     ) -> Result<(v1::RouteResponse, String), RouteError> {
         if self.clients.is_empty() {
             return Err(RouteError::NoRouter);
@@ -373,10 +451,26 @@ impl Routers {
             let mut client = client.clone();
             let mut request = tonic::Request::new(req.clone());
             request.set_timeout(self.timeout);
+            if let Some(b) = bearer {
+                request.metadata_mut().insert("authorization", b.clone());
+            }
             match tokio::time::timeout(self.timeout, client.route(request)).await {
                 Ok(Ok(resp)) => {
                     self.preferred.store(i, Ordering::Relaxed);
                     return Ok((resp.into_inner(), url.clone()));
+                }
+                Ok(Err(status))
+                    if matches!(
+                        status.code(),
+                        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+                    ) =>
+                {
+                    tracing::warn!(router = %url, code = ?status.code(), msg = status.message(), "router refused the app token");
+                    return Err(RouteError::Refused {
+                        router: url.clone(),
+                        denied: status.code() == tonic::Code::PermissionDenied,
+                        message: status.message().to_owned(),
+                    });
                 }
                 Ok(Err(status)) => {
                     tracing::debug!(router = %url, code = ?status.code(), msg = status.message(), "route failed");
@@ -528,15 +622,21 @@ mod tests {
         ];
         let mut seen = [0usize; 2];
         for _ in 0..64 {
-            let routers = Routers::new(&urls, Duration::from_secs(1), None).expect("valid urls");
+            let routers = Routers::new(&urls, &RouterTls::default(), Duration::from_secs(1), None)
+                .expect("valid urls");
             seen[routers.preferred.load(Ordering::Relaxed)] += 1;
         }
         // All 64 on one replica has probability 2^-63.
         assert!(seen[0] > 0 && seen[1] > 0, "start spread {seen:?}");
         // The one remembered from the last run goes first, every time.
         for _ in 0..8 {
-            let r =
-                Routers::new(&urls, Duration::from_secs(1), Some("http://127.0.0.1:2")).unwrap();
+            let r = Routers::new(
+                &urls,
+                &RouterTls::default(),
+                Duration::from_secs(1),
+                Some("http://127.0.0.1:2"),
+            )
+            .unwrap();
             assert_eq!(r.preferred.load(Ordering::Relaxed), 1);
         }
     }
@@ -553,5 +653,52 @@ mod tests {
             .map(|g| g.id)
             .collect();
         assert_eq!(got, ["b", "c", "a"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hello_carries_the_ticket_while_valid_else_the_app_token() {
+        let t0 = Instant::now();
+        let mut resp = answer(30_000);
+        // A router that issues no ticket (or a cache/bootstrap list): the app token.
+        assert_eq!(Ticket::from_answer(&resp, t0), None);
+        assert_eq!(hello_token(None, "app", t0), "app");
+        resp.ticket = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ1MSJ9.sig".into();
+        assert_eq!(
+            Ticket::from_answer(&resp, t0),
+            None,
+            "a ticket without a validity is out of date"
+        );
+        resp.ticket_valid_for_ms = 60_000;
+        let ticket = Ticket::from_answer(&resp, t0).expect("a ticket");
+        assert_eq!(hello_token(Some(&ticket), "app", t0), resp.ticket);
+        assert_eq!(
+            hello_token(Some(&ticket), "app", t0 + Duration::from_millis(59_999)),
+            resp.ticket
+        );
+        assert_eq!(
+            hello_token(Some(&ticket), "app", t0 + Duration::from_secs(60)),
+            "app",
+            "an expired ticket falls back to the app token"
+        );
+        assert!(
+            !format!("{ticket:?}").contains("eyJ"),
+            "a ticket never prints: {ticket:?}"
+        );
+        let cached = CachedList::from_answer(&resp, 0, None);
+        assert!(
+            !serde_json::to_string(&cached).unwrap().contains("eyJ"),
+            "nor reaches the cache file"
+        );
+    }
+
+    #[test]
+    fn the_bearer_is_sensitive_and_a_token_that_cannot_be_a_header_is_an_error() {
+        assert_eq!(bearer(""), Ok(None), "no token, no header");
+        let b = bearer("s3cret").unwrap().expect("a header");
+        assert!(b.is_sensitive());
+        assert_eq!(b.to_str().unwrap(), "Bearer s3cret");
+        let err = bearer("line\nbreak").unwrap_err();
+        assert_eq!(err, RouteError::BadToken);
+        assert!(!err.to_string().contains("line"), "{err}");
     }
 }

@@ -1,7 +1,8 @@
-//! Where the HELLO token comes from: a fixed string, an async closure, or a [`TokenSource`]
-//! the client borrows. Called before every round that has a gateway to try — the
-//! business-level re-login after a technical reconnect, so an expired token is refreshed
-//! instead of replayed — and never when there is nothing to connect to.
+//! Where the app token comes from: a fixed string, an async closure, or a [`TokenSource`]
+//! the client borrows. Called once per round — the business-level re-login after a
+//! technical reconnect, so an expired token is refreshed instead of replayed: before
+//! routing when routers are configured (it is the Route bearer, and the HELLO token when
+//! no login ticket is at hand), else before the HELLO.
 
 use std::fmt;
 use std::future::Future;
@@ -23,8 +24,9 @@ impl TokenError {
     }
 }
 
-/// A token source the client keeps and borrows for every HELLO: implement it on your login
-/// service and pass it to [`crate::Builder::token_source`].
+/// A token source the client keeps and borrows once per round (Route bearer, HELLO
+/// fallback): implement it on your login service and pass it to
+/// [`crate::Builder::token_source`].
 ///
 /// ```
 /// use switchyard_client::{TokenError, TokenFuture, TokenSource};
@@ -46,7 +48,7 @@ impl TokenError {
 /// }
 /// ```
 pub trait TokenSource: Send + Sync + 'static {
-    /// A fresh token for the next HELLO.
+    /// A fresh app token for the next round.
     fn token(&self) -> TokenFuture<'_>;
 }
 

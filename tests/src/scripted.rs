@@ -1,9 +1,11 @@
 //! A scripted gateway peer for client-lib contract tests: it speaks contract 3 on a loopback
-//! port, answers HELLO as told (WELCOME, REJECT, KICK or nothing), pushes DATA on demand,
-//! and records every frame the client sends, so a test can check on the wire what the
+//! port, answers HELLO as told (WELCOME, REJECT, KICK or nothing; or a queue of one-off
+//! answers first), pushes DATA on demand, and records every HELLO and every frame the
+//! client sends, so a test can check on the wire what the
 //! client acknowledged and when it pinged. The reference gateway cannot be made to hold an
 //! ACK or refuse with `retry_after`; this peer can.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -47,8 +49,8 @@ enum Order {
 /// Everything the peer saw.
 #[derive(Debug, Default)]
 struct Seen {
-    /// When each HELLO arrived.
-    hellos: Vec<Instant>,
+    /// Each HELLO, with its arrival time.
+    hellos: Vec<(Instant, v1::Hello)>,
     /// Every frame from a client after its HELLO, with its arrival time.
     frames: Vec<(Instant, Frame)>,
 }
@@ -60,6 +62,8 @@ pub struct ScriptedGateway {
     pub addr: String,
     /// What to answer to HELLO (changeable while running).
     answer: Arc<Mutex<Answer>>,
+    /// One-off answers to the next HELLOs, before `answer` applies again.
+    script: Arc<Mutex<VecDeque<Answer>>>,
     /// Whether client DATA frames are acknowledged.
     ack: Arc<Mutex<bool>>,
     /// To the sessions.
@@ -83,17 +87,24 @@ impl ScriptedGateway {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();
         let answer = Arc::new(Mutex::new(answer));
+        let script = Arc::new(Mutex::new(VecDeque::new()));
         let ack = Arc::new(Mutex::new(ack));
         let (orders, _) = broadcast::channel(4096);
         let seen = Arc::new(Mutex::new(Seen::default()));
         let task = tokio::spawn({
-            let (answer, ack, orders, seen) =
-                (answer.clone(), ack.clone(), orders.clone(), seen.clone());
+            let (answer, script, ack, orders, seen) = (
+                answer.clone(),
+                script.clone(),
+                ack.clone(),
+                orders.clone(),
+                seen.clone(),
+            );
             async move {
                 while let Ok((tcp, _)) = listener.accept().await {
                     tokio::spawn(session(
                         Framed::new(tcp, FrameCodec::new(DEFAULT_MAX_FRAME)),
-                        answer.lock().expect("peer lock").clone(),
+                        script.clone(),
+                        answer.clone(),
                         ack.clone(),
                         orders.subscribe(),
                         seen.clone(),
@@ -104,6 +115,7 @@ impl ScriptedGateway {
         Self {
             addr,
             answer,
+            script,
             ack,
             orders,
             seen,
@@ -119,6 +131,12 @@ impl ScriptedGateway {
     /// Changes the answer to later HELLOs.
     pub fn answer(&self, a: Answer) {
         *self.answer.lock().expect("peer lock") = a;
+    }
+
+    /// Answers the next HELLOs with these, in order, then with the standing answer again
+    /// (e.g. one REJECT AUTH_EXPIRED, then WELCOME).
+    pub fn then_answer(&self, first: impl IntoIterator<Item = Answer>) {
+        self.script.lock().expect("peer lock").extend(first);
     }
 
     /// Turns acknowledging client DATA on or off.
@@ -143,7 +161,14 @@ impl ScriptedGateway {
 
     /// When each HELLO arrived.
     pub fn hellos(&self) -> Vec<Instant> {
-        self.seen.lock().expect("peer lock").hellos.clone()
+        let seen = self.seen.lock().expect("peer lock");
+        seen.hellos.iter().map(|(t, _)| *t).collect()
+    }
+
+    /// The token of each HELLO, in arrival order.
+    pub fn hello_tokens(&self) -> Vec<String> {
+        let seen = self.seen.lock().expect("peer lock");
+        seen.hellos.iter().map(|(_, h)| h.token.clone()).collect()
     }
 
     /// The highest ACK any client sent (0: none).
@@ -189,7 +214,8 @@ impl ScriptedGateway {
 
 async fn session(
     mut link: Framed<tokio::net::TcpStream, FrameCodec>,
-    answer: Answer,
+    script: Arc<Mutex<VecDeque<Answer>>>,
+    standing: Arc<Mutex<Answer>>,
     ack: Arc<Mutex<bool>>,
     mut orders: broadcast::Receiver<Order>,
     seen: Arc<Mutex<Seen>>,
@@ -197,11 +223,19 @@ async fn session(
     // Bounded: a test peer never outlives a test by much.
     let limit = Instant::now() + Duration::from_secs(120);
     match tokio::time::timeout_at(limit, link.next()).await {
-        Ok(Some(Ok(Frame::Hello(_)))) => {
-            seen.lock().expect("peer lock").hellos.push(Instant::now())
-        }
+        Ok(Some(Ok(Frame::Hello(h)))) => seen
+            .lock()
+            .expect("peer lock")
+            .hellos
+            .push((Instant::now(), h)),
         _ => return,
     }
+    // Chosen when the HELLO arrives, so a script applies to HELLOs in arrival order.
+    let answer = script
+        .lock()
+        .expect("peer lock")
+        .pop_front()
+        .unwrap_or_else(|| standing.lock().expect("peer lock").clone());
     let reply = match answer {
         Answer::Welcome {
             heartbeat_interval_ms,

@@ -3,7 +3,8 @@
 //! acknowledge what the app has not been handed; `send()` behaves as documented in every
 //! phase; `close()` hands back what was not acknowledged even after the client ended by
 //! itself or its task crashed; `REJECT.retry_after_ms` is honoured; `connect()` ends at the
-//! login deadline naming what it tried; oversized payloads are refused at `send()`.
+//! login deadline naming what it tried; oversized payloads are refused at `send()`; the
+//! token provider is called once per round.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -360,18 +361,21 @@ async fn connect_ends_at_the_login_deadline_naming_what_it_tried() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_token_provider_is_not_called_without_a_candidate() {
+async fn the_token_provider_is_called_once_per_round() {
     init_tracing();
+    let counting = |calls: &Arc<AtomicU32>| {
+        let calls = calls.clone();
+        move || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, String>("t".into()) }
+        }
+    };
+    // With routers the token is the Route bearer, so every round needs it, even one that
+    // ends with nothing to try.
     let calls = Arc::new(AtomicU32::new(0));
     let client = fast_client("nowhere")
         .routers(["http://127.0.0.1:9"])
-        .token_provider({
-            let calls = calls.clone();
-            move || {
-                calls.fetch_add(1, Ordering::SeqCst);
-                async { Ok::<_, String>("t".into()) }
-            }
-        })
+        .token_provider(counting(&calls))
         .max_attempts(2)
         .build()
         .unwrap();
@@ -382,5 +386,21 @@ async fn the_token_provider_is_not_called_without_a_candidate() {
         }) => assert!(detail.contains("no router answered"), "{detail}"),
         other => panic!("{other}"),
     }
-    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    // Without routers it is fetched for the HELLO only; the fallback after a router that
+    // did not answer reuses the round's token.
+    let peer = ScriptedGateway::start(WELCOME, false).await;
+    for routers in [&[][..], &["http://127.0.0.1:9"][..]] {
+        let calls = Arc::new(AtomicU32::new(0));
+        let client = fast_client("fallback")
+            .routers(routers.iter().copied())
+            .bootstrap([peer.gateway("gw-s")])
+            .token_provider(counting(&calls))
+            .build()
+            .unwrap();
+        let _m = client.connect().await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "routers {routers:?}");
+        client.close().await;
+    }
+    assert_eq!(peer.hello_tokens(), ["t", "t"]);
 }
