@@ -661,6 +661,10 @@ mod tests {
     /// A router state over `gateways` (all serving, capacity 100), with an etcd client
     /// that never connects: Route does not touch etcd.
     async fn state(gateways: &[&str]) -> Arc<State> {
+        state_with(gateways, Config::default().validate().unwrap(), true).await
+    }
+
+    async fn state_with(gateways: &[&str], config: ValidConfig, loopback: bool) -> Arc<State> {
         let mut snap = switchyard_registry::Snapshot {
             revision: 1,
             ..Default::default()
@@ -681,7 +685,7 @@ mod tests {
             last: None,
         });
         Arc::new(State {
-            config: Config::default().validate().unwrap(),
+            config,
             client,
             view: watch::Sender::new(Arc::new(view)),
             contact,
@@ -689,7 +693,7 @@ mod tests {
             ejector: Ejector::default(),
             routes_total: AtomicU64::new(0),
             route_metrics: RouteMetrics::new(),
-            loopback: true,
+            loopback,
             report_budget: ReportBudget::default(),
         })
     }
@@ -739,5 +743,82 @@ mod tests {
         }
         assert_eq!(pending(&state), 5);
         assert_eq!(state.view().ejected(now_ms()), 1);
+    }
+
+    #[tokio::test]
+    async fn real_answers_carry_a_ticket_for_their_gateways_and_previews_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("tickets.pem");
+        std::fs::write(&pem, switchyard_identity::generate_ed25519_pem()).unwrap();
+        let config = Config {
+            ticket_key: Some(pem),
+            ..Config::default()
+        }
+        .validate()
+        .unwrap();
+        let state = state_with(&["a", "b", "c", "d"], config, true).await;
+        let signer = state.config.tickets().unwrap().get();
+        let tickets = switchyard_identity::Tickets::new(
+            Arc::new(Arc::new(signer.key_set())),
+            std::time::Duration::from_secs(5),
+        );
+        let svc = RouterService { state };
+        let resp = svc
+            .route_now(Request::new(RouteRequest {
+                client_id: "u1".into(),
+                ..Default::default()
+            }))
+            .unwrap();
+        let ids: Vec<String> = resp.gateways.iter().map(|g| g.id.clone()).collect();
+        assert_eq!(ids.len(), 3);
+        let claims = tickets.verify(&resp.ticket, "u1", &ids[0]).unwrap();
+        assert_eq!(claims.gws, ids);
+        assert_eq!(resp.ticket_valid_for_ms, 60_000);
+        for (dry_run, explain) in [(true, false), (false, true)] {
+            let resp = svc
+                .route_now(Request::new(failing("u1", "zz", dry_run, explain)))
+                .unwrap();
+            assert!(resp.ticket.is_empty() && resp.ticket_valid_for_ms == 0);
+        }
+    }
+
+    #[tokio::test]
+    async fn anonymous_reports_count_only_on_an_open_loopback_router() {
+        // --allow-anonymous on an exposed address: nobody proved who they are.
+        let open = Config {
+            allow_anonymous: true,
+            ..Config::default()
+        };
+        let state = state_with(&["a", "b", "c", "d"], open.validate().unwrap(), false).await;
+        let svc = RouterService {
+            state: state.clone(),
+        };
+        for client in 0..5 {
+            let req = failing(&format!("anon-{client}"), "a", false, false);
+            svc.route_now(Request::new(req)).unwrap();
+        }
+        assert_eq!(state.view().ejected(now_ms()), 0, "anonymous reports do not count");
+    }
+
+    #[tokio::test]
+    async fn exclude_and_failure_strings_are_bounded() {
+        let svc = RouterService {
+            state: state(&["a"]).await,
+        };
+        let long = "x".repeat(MAX_FIELD + 1);
+        let mut reason = failing("u1", "a", false, false);
+        reason.failures[0].reason = long.clone();
+        for req in [
+            RouteRequest {
+                client_id: "u1".into(),
+                exclude: vec![long.clone()],
+                ..Default::default()
+            },
+            failing("u1", &long, false, false),
+            reason,
+        ] {
+            let e = svc.route_now(Request::new(req)).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+        }
     }
 }
