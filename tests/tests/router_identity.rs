@@ -435,7 +435,6 @@ fn an_exposed_router_without_auth_refuses_to_start_unless_told_anonymous() {
     let jwks = jwks.to_str().unwrap();
     // An etcd nobody serves: a refused start must not get as far as etcd.
     let base = ["--etcd", "http://127.0.0.1:1", "--listen", "0.0.0.0:0"];
-    let with = |extra: &[&str]| [&base[..], extra].concat();
 
     for (extra, open) in [
         (&[][..], "Route, ListGateways, WatchGateways and Admin"),
@@ -443,7 +442,7 @@ fn an_exposed_router_without_auth_refuses_to_start_unless_told_anonymous() {
         (&["--app-jwks", jwks][..], "with ListGateways and WatchGateways open"),
     ] {
         for check in [true, false] {
-            let mut args = with(extra);
+            let mut args: Vec<&str> = [&base[..], extra].concat();
             if check {
                 args.push("--check");
             }
@@ -460,7 +459,7 @@ fn an_exposed_router_without_auth_refuses_to_start_unless_told_anonymous() {
         &["--app-jwks", jwks, "--admin-token", ADMIN_TOKEN][..],
         &["--route-token", ROUTE_TOKEN, "--admin-token", ADMIN_TOKEN][..],
     ] {
-        let mut args = with(extra);
+        let mut args: Vec<&str> = [&base[..], extra].concat();
         args.push("--check");
         let (code, stderr) = run_to_end(&args);
         assert_eq!(code, Some(0), "{args:?}: {stderr}");
