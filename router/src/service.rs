@@ -797,7 +797,11 @@ mod tests {
             let req = failing(&format!("anon-{client}"), "a", false, false);
             svc.route_now(Request::new(req)).unwrap();
         }
-        assert_eq!(state.view().ejected(now_ms()), 0, "anonymous reports do not count");
+        assert_eq!(
+            state.view().ejected(now_ms()),
+            0,
+            "anonymous reports do not count"
+        );
     }
 
     #[tokio::test]

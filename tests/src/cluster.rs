@@ -260,7 +260,7 @@ impl Cluster {
                 limit,
                 &format!("router {url} hands out {ids:?}"),
                 || async {
-                    let list = list(&url).await?;
+                    let list = list_with(&url, self.admin_token()).await?;
                     ids.iter()
                         .all(|id| {
                             list.gateways
@@ -278,7 +278,7 @@ impl Cluster {
     pub async fn wait_gone(&self, id: &str, limit: Duration) {
         for url in self.router_urls() {
             eventually(limit, &format!("router {url} forgets {id}"), || async {
-                let list = list(&url).await?;
+                let list = list_with(&url, self.admin_token()).await?;
                 (!list.gateways.iter().any(|g| g.id == id)).then_some(())
             })
             .await;
@@ -296,11 +296,13 @@ impl Cluster {
     /// WatchGateways need it then.
     pub fn admin_token(&self) -> Option<&str> {
         let args = &self.router_args;
-        args.iter().enumerate().find_map(|(i, a)| match a.strip_prefix("--admin-token") {
-            Some("") => args.get(i + 1).map(String::as_str),
-            Some(rest) => rest.strip_prefix('='),
-            None => None,
-        })
+        args.iter()
+            .enumerate()
+            .find_map(|(i, a)| match a.strip_prefix("--admin-token") {
+                Some("") => args.get(i + 1).map(String::as_str),
+                Some(rest) => rest.strip_prefix('='),
+                None => None,
+            })
     }
 
     /// Runs `switchyardctl --router <first router> <args>` and returns its output.

@@ -232,7 +232,13 @@ async fn watch_prints_one_line_per_change() {
     init_tracing();
     let cluster = cluster_with_records().await;
     let mut child = tokio::process::Command::new(bin_path("switchyardctl"))
-        .args(["--router", &cluster.router_urls()[0], "watch"])
+        .args([
+            "--router",
+            &cluster.router_urls()[0],
+            "--token",
+            "s3cret-token",
+            "watch",
+        ])
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()

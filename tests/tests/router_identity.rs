@@ -17,7 +17,9 @@ use switchyard_identity::{KeySet, Refusal, TicketSigner, Tickets, generate_ed255
 use switchyard_proto::v1::router_client::RouterClient;
 use switchyard_proto::v1::{Failure, ListGatewaysRequest, RouteRequest, RouteResponse};
 use switchyard_tests::router::{http_get, ids, put_record, record, route_req, with_token};
-use switchyard_tests::{Child, Etcd, Launch, bin_path, eventually, init_tracing, start, unique_prefix};
+use switchyard_tests::{
+    Child, Etcd, Launch, bin_path, eventually, init_tracing, start, unique_prefix,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 use tonic::transport::Channel;
@@ -115,10 +117,17 @@ impl Router {
     async fn ticket_keys(&self) -> (KeySet, String) {
         let raw = raw_http(self.http, "GET /v1/ticket-keys HTTP/1.0\r\nHost: x\r\n\r\n").await;
         let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP answer");
-        assert!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "{raw}");
+        assert!(
+            head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+            "{raw}"
+        );
         let cache = head
             .lines()
-            .find_map(|l| l.to_ascii_lowercase().strip_prefix("cache-control:").map(|v| v.trim().to_owned()))
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("cache-control:")
+                    .map(|v| v.trim().to_owned())
+            })
             .unwrap_or_default();
         (KeySet::from_jwks(body.as_bytes()).expect("a JWKS"), cache)
     }
@@ -126,7 +135,9 @@ impl Router {
 
 /// One HTTP exchange on a fresh connection; the whole answer.
 async fn raw_http(addr: SocketAddr, request: &str) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect http");
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect http");
     s.write_all(request.as_bytes()).await.unwrap();
     let mut buf = String::new();
     tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut buf))
@@ -145,28 +156,41 @@ async fn fleet(etcd: &Etcd, prefix: &switchyard_registry::Prefix) {
 }
 
 async fn wait_all_listed(c: &RouterClient<Channel>) {
-    eventually(Duration::from_secs(15), "router lists the 4 gateways", || {
-        let mut c = c.clone();
-        async move {
-            let r = c
-                .list_gateways(with_token(ListGatewaysRequest {}, ADMIN_TOKEN))
-                .await
-                .ok()?;
-            (r.get_ref().gateways.len() == 4).then_some(())
-        }
-    })
+    eventually(
+        Duration::from_secs(15),
+        "router lists the 4 gateways",
+        || {
+            let mut c = c.clone();
+            async move {
+                let r = c
+                    .list_gateways(with_token(ListGatewaysRequest {}, ADMIN_TOKEN))
+                    .await
+                    .ok()?;
+                (r.get_ref().gateways.len() == 4).then_some(())
+            }
+        },
+    )
     .await;
 }
 
 fn kid_of(token: &str) -> String {
-    jsonwebtoken::decode_header(token).unwrap().kid.unwrap_or_default()
+    jsonwebtoken::decode_header(token)
+        .unwrap()
+        .kid
+        .unwrap_or_default()
 }
 
 fn verify_all(keys: KeySet, resp: &RouteResponse, client: &str) {
     let tickets = Tickets::new(Arc::new(Arc::new(keys)), Duration::from_secs(5));
     for gw in ids(resp) {
-        let claims = tickets.verify(&resp.ticket, client, &gw).expect("ticket verifies");
-        assert_eq!(claims.gws, ids(resp), "the ticket names exactly the answered gateways");
+        let claims = tickets
+            .verify(&resp.ticket, client, &gw)
+            .expect("ticket verifies");
+        assert_eq!(
+            claims.gws,
+            ids(resp),
+            "the ticket names exactly the answered gateways"
+        );
         assert_eq!(claims.sub, client);
     }
     assert_eq!(
@@ -190,10 +214,22 @@ async fn route_needs_an_app_token_and_answers_with_a_ticket_whose_key_rotates() 
     let exp = unix_now() + 300;
     let refusals = [
         (None, "no token presented"),
-        (Some(app_token(APP_KID, APP_SECRET, "mallory", exp)), "issued to another client"),
-        (Some(app_token(APP_KID, APP_SECRET, "alice", unix_now() - 120)), "expired"),
-        (Some(app_token("app-9", APP_SECRET, "alice", exp)), "unknown key"),
-        (Some(app_token(APP_KID, b"a-forged-secret", "alice", exp)), "bad signature"),
+        (
+            Some(app_token(APP_KID, APP_SECRET, "mallory", exp)),
+            "issued to another client",
+        ),
+        (
+            Some(app_token(APP_KID, APP_SECRET, "alice", unix_now() - 120)),
+            "expired",
+        ),
+        (
+            Some(app_token("app-9", APP_SECRET, "alice", exp)),
+            "unknown key",
+        ),
+        (
+            Some(app_token(APP_KID, b"a-forged-secret", "alice", exp)),
+            "bad signature",
+        ),
     ];
     for (token, why) in &refusals {
         let req = match token {
@@ -228,7 +264,10 @@ async fn route_needs_an_app_token_and_answers_with_a_ticket_whose_key_rotates() 
         .into_iter()
         .find(|g| !ids(&resp).iter().any(|i| i == g))
         .unwrap();
-    let tickets = Tickets::new(Arc::new(Arc::new(router.ticket_keys().await.0)), Duration::from_secs(5));
+    let tickets = Tickets::new(
+        Arc::new(Arc::new(router.ticket_keys().await.0)),
+        Duration::from_secs(5),
+    );
     assert_eq!(
         tickets.verify(&resp.ticket, "alice", unanswered),
         Err(Refusal::NotForGateway)
@@ -237,7 +276,11 @@ async fn route_needs_an_app_token_and_answers_with_a_ticket_whose_key_rotates() 
 
     // The route and admin tokens stay accepted for trusted backends, with tickets too.
     for token in [ROUTE_TOKEN, ADMIN_TOKEN] {
-        let r = c.route(with_token(route_req("bob"), token)).await.unwrap().into_inner();
+        let r = c
+            .route(with_token(route_req("bob"), token))
+            .await
+            .unwrap()
+            .into_inner();
         assert!(!r.ticket.is_empty());
     }
     // Previews are not logins: no ticket.
@@ -247,7 +290,11 @@ async fn route_needs_an_app_token_and_answers_with_a_ticket_whose_key_rotates() 
             dry_run,
             ..route_req("alice")
         };
-        let r = c.route(with_token(req, &good_token("alice"))).await.unwrap().into_inner();
+        let r = c
+            .route(with_token(req, &good_token("alice")))
+            .await
+            .unwrap()
+            .into_inner();
         assert!(r.ticket.is_empty() && r.ticket_valid_for_ms == 0, "{r:?}");
     }
 
@@ -270,7 +317,11 @@ async fn route_needs_an_app_token_and_answers_with_a_ticket_whose_key_rotates() 
     assert_eq!(json["ticketValidForMs"], "60000");
 
     // The topology needs the ops token: not the route token, not an app token.
-    for token in [None, Some(ROUTE_TOKEN.to_owned()), Some(good_token("alice"))] {
+    for token in [
+        None,
+        Some(ROUTE_TOKEN.to_owned()),
+        Some(good_token("alice")),
+    ] {
         let req = match &token {
             Some(t) => with_token(ListGatewaysRequest {}, t),
             None => tonic::Request::new(ListGatewaysRequest {}),
@@ -313,11 +364,19 @@ async fn route_needs_an_app_token_and_answers_with_a_ticket_whose_key_rotates() 
 
     // Refusals were counted by reason.
     let (_, metrics) = http_get(router.http, "/metrics").await;
-    for reason in ["missing", "wrong_subject", "expired", "unknown_key", "bad_signature"] {
+    for reason in [
+        "missing",
+        "wrong_subject",
+        "expired",
+        "unknown_key",
+        "bad_signature",
+    ] {
         assert!(
-            metrics.lines().any(|l| l.starts_with("switchyard_router_auth_failures_total")
-                && l.contains("service=\"router\"")
-                && l.contains(&format!("reason=\"{reason}\""))),
+            metrics
+                .lines()
+                .any(|l| l.starts_with("switchyard_router_auth_failures_total")
+                    && l.contains("service=\"router\"")
+                    && l.contains(&format!("reason=\"{reason}\""))),
             "{reason} not counted:\n{metrics}"
         );
     }
@@ -364,16 +423,26 @@ async fn failure_reports_count_per_authenticated_identity_within_a_budget() {
     // reporting it for many different client ids: two identities, under the three
     // distinct reporters ejection needs. Nothing is ejected.
     for _ in 0..10 {
-        c.route(with_token(failing("flooder", "gw-1"), &good_token("flooder")))
-            .await
-            .unwrap();
+        c.route(with_token(
+            failing("flooder", "gw-1"),
+            &good_token("flooder"),
+        ))
+        .await
+        .unwrap();
     }
     for n in 0..10 {
-        c.route(with_token(failing(&format!("made-up-{n}"), "gw-1"), ROUTE_TOKEN))
-            .await
-            .unwrap();
+        c.route(with_token(
+            failing(&format!("made-up-{n}"), "gw-1"),
+            ROUTE_TOKEN,
+        ))
+        .await
+        .unwrap();
     }
-    assert_eq!(ejected(&c).await, Vec::<String>::new(), "a flood from one identity ejects nothing");
+    assert_eq!(
+        ejected(&c).await,
+        Vec::<String>::new(),
+        "a flood from one identity ejects nothing"
+    );
 
     // Three distinct authenticated identities do eject (gw-2: not one the flood spent).
     for user in ["u-a", "u-b", "u-c"] {
@@ -389,7 +458,10 @@ async fn failure_reports_count_per_authenticated_identity_within_a_budget() {
         .lines()
         .find(|l| l.starts_with("switchyard_router_failure_reports_total{outcome=\"over_budget\"}"))
         .unwrap_or_else(|| panic!("no over_budget count in:\n{metrics}"));
-    assert!(over.ends_with(" 10"), "two identities, 10 reports each, 5 counted: {over}");
+    assert!(
+        over.ends_with(" 10"),
+        "two identities, 10 reports each, 5 counted: {over}"
+    );
 
     // Lists and their strings are bounded.
     let long = "x".repeat(257);
@@ -404,12 +476,18 @@ async fn failure_reports_count_per_authenticated_identity_within_a_budget() {
             ..route_req("u-a")
         },
     ] {
-        let e = c.route(with_token(req, &good_token("u-a"))).await.unwrap_err();
+        let e = c
+            .route(with_token(req, &good_token("u-a")))
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     }
     let mut long_reason = failing("u-a", "gw-3");
     long_reason.failures[0].reason = long;
-    let e = c.route(with_token(long_reason, &good_token("u-a"))).await.unwrap_err();
+    let e = c
+        .route(with_token(long_reason, &good_token("u-a")))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     drop(router.child);
 }
@@ -423,7 +501,10 @@ fn run_to_end(args: &[&str]) -> (Option<i32>, String) {
         .env_remove("SWITCHYARD_ALLOW_ANONYMOUS")
         .output()
         .expect("run switchyard-router");
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -431,7 +512,11 @@ fn an_exposed_router_without_auth_refuses_to_start_unless_told_anonymous() {
     let dir = tempfile::tempdir().unwrap();
     let jwks = dir.path().join("app.jwks");
     let k = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(APP_SECRET);
-    std::fs::write(&jwks, format!(r#"{{"keys":[{{"kty":"oct","kid":"a","k":"{k}"}}]}}"#)).unwrap();
+    std::fs::write(
+        &jwks,
+        format!(r#"{{"keys":[{{"kty":"oct","kid":"a","k":"{k}"}}]}}"#),
+    )
+    .unwrap();
     let jwks = jwks.to_str().unwrap();
     // An etcd nobody serves: a refused start must not get as far as etcd.
     let base = ["--etcd", "http://127.0.0.1:1", "--listen", "0.0.0.0:0"];
@@ -439,7 +524,10 @@ fn an_exposed_router_without_auth_refuses_to_start_unless_told_anonymous() {
     for (extra, open) in [
         (&[][..], "Route, ListGateways, WatchGateways and Admin"),
         (&["--admin-token", ADMIN_TOKEN][..], "with Route open"),
-        (&["--app-jwks", jwks][..], "with ListGateways and WatchGateways open"),
+        (
+            &["--app-jwks", jwks][..],
+            "with ListGateways and WatchGateways open",
+        ),
     ] {
         for check in [true, false] {
             let mut args: Vec<&str> = [&base[..], extra].concat();

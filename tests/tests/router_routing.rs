@@ -85,7 +85,10 @@ async fn only_routable_gateways_are_returned() {
     let drained = eventually(Duration::from_secs(10), "ops drain visible", || {
         let mut c = c.clone();
         async move {
-            let r = c.list_gateways(with_token(ListGatewaysRequest {}, ADMIN_TOKEN)).await.ok()?;
+            let r = c
+                .list_gateways(with_token(ListGatewaysRequest {}, ADMIN_TOKEN))
+                .await
+                .ok()?;
             r.into_inner()
                 .gateways
                 .into_iter()
