@@ -59,9 +59,7 @@ pub struct KeySet {
 
 impl fmt::Debug for KeySet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KeySet")
-            .field("kids", &self.kids())
-            .finish()
+        f.debug_struct("KeySet").field("kids", &self.kids()).finish()
     }
 }
 
@@ -109,8 +107,7 @@ impl KeySet {
     /// Reads a JWKS document (RFC 7517). Every key needs a distinct `kid`, except in a set
     /// of one key.
     pub fn from_jwks(json: &[u8]) -> Result<Self, KeyError> {
-        let set: JwkSet =
-            serde_json::from_slice(json).map_err(|e| KeyError::Jwks(e.to_string()))?;
+        let set: JwkSet = serde_json::from_slice(json).map_err(|e| KeyError::Jwks(e.to_string()))?;
         Self::from_jwk_set(&set)
     }
 
@@ -132,21 +129,13 @@ impl KeySet {
             let algorithms = algorithms_for(jwk).map_err(&bad)?;
             let decoding = DecodingKey::from_jwk(jwk).map_err(|e| bad(e.to_string()))?;
             if by_kid
-                .insert(
-                    kid.clone(),
-                    Key {
-                        decoding,
-                        algorithms,
-                    },
-                )
+                .insert(kid.clone(), Key { decoding, algorithms })
                 .is_some()
             {
                 return Err(bad("`kid` appears twice".into()));
             }
         }
-        let only = (by_kid.len() == 1)
-            .then(|| by_kid.keys().next().cloned())
-            .flatten();
+        let only = (by_kid.len() == 1).then(|| by_kid.keys().next().cloned()).flatten();
         Ok(Self { by_kid, only })
     }
 
@@ -228,9 +217,7 @@ struct WatchState<T> {
 
 impl<T> fmt::Debug for Watched<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Watched")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
+        f.debug_struct("Watched").field("path", &self.path).finish_non_exhaustive()
     }
 }
 
@@ -347,10 +334,7 @@ mod tests {
         let set = KeySet::from_jwks(HS_KEY.as_bytes()).unwrap();
         assert_eq!(set.kids(), ["h1"]);
         assert!(set.find(Some("h1")).is_some());
-        assert!(
-            set.find(None).is_some(),
-            "a set of one verifies tokens without kid"
-        );
+        assert!(set.find(None).is_some(), "a set of one verifies tokens without kid");
         assert!(set.find(Some("h2")).is_none());
         let two_without = r#"{"keys":[{"kty":"oct","k":"YQ"},{"kty":"oct","k":"Yg"}]}"#;
         assert!(matches!(
@@ -380,8 +364,7 @@ mod tests {
         std::fs::write(&p, HS_KEY).unwrap();
         let w = Watched::jwks(&p).unwrap();
         assert_eq!(w.get().kids(), ["h1"]);
-        let two =
-            r#"{"keys":[{"kty":"oct","kid":"h1","k":"YQ"},{"kty":"oct","kid":"h2","k":"Yg"}]}"#;
+        let two = r#"{"keys":[{"kty":"oct","kid":"h1","k":"YQ"},{"kty":"oct","kid":"h2","k":"Yg"}]}"#;
         std::fs::write(&p, two).unwrap();
         w.check_soon();
         std::thread::sleep(CHECK_GAP + Duration::from_millis(20));
@@ -389,11 +372,7 @@ mod tests {
         std::fs::write(&p, "{half").unwrap();
         w.check_soon();
         std::thread::sleep(CHECK_GAP + Duration::from_millis(20));
-        assert_eq!(
-            w.get().kids(),
-            ["h1", "h2"],
-            "a broken file keeps the keys in force"
-        );
+        assert_eq!(w.get().kids(), ["h1", "h2"], "a broken file keeps the keys in force");
         assert!(Watched::jwks(dir.path().join("missing")).is_err());
     }
 }
