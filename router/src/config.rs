@@ -796,4 +796,96 @@ mod tests {
              policy.overrides[region=eu,network=wifi].backoff_base = 500ms"
         );
     }
+
+    #[test]
+    fn key_files_are_loaded_and_refused_naming_the_key() {
+        let dir = std::env::temp_dir().join(format!("sy-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = dir.join("missing");
+        let err = bad(&format!("app_jwks = {:?}", missing.to_str().unwrap()));
+        assert!(err.starts_with("app_jwks: cannot read"), "{err}");
+        let not_pem = dir.join("not.pem");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let err = bad(&format!("ticket_key = {:?}", not_pem.to_str().unwrap()));
+        assert!(err.starts_with("ticket_key: "), "{err}");
+        assert_eq!(
+            bad("app_audience = [\"chat\"]"),
+            "app_audience needs app_jwks"
+        );
+        assert!(
+            bad("[outlier]\nmax_reports_per_identity = 0").contains("max_reports_per_identity")
+        );
+        let pem = dir.join("tickets.pem");
+        std::fs::write(&pem, switchyard_identity::generate_ed25519_pem()).unwrap();
+        let c = Config::from_toml(&format!(
+            "ticket_key = {:?}\nticket_lifetime = \"30s\"",
+            pem.to_str().unwrap()
+        ))
+        .unwrap()
+        .validate()
+        .unwrap();
+        assert_eq!(
+            c.tickets().unwrap().get().lifetime(),
+            Duration::from_secs(30)
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_exposed_router_needs_auth_unless_told_anonymous() {
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let open = Config::default().validate().unwrap();
+        assert!(open.check_exposure(at("127.0.0.1:7100")).is_ok());
+        assert!(open.check_exposure(at("[::1]:7100")).is_ok());
+        for exposed in ["0.0.0.0:7100", "[::]:7100", "10.1.2.3:7100"] {
+            let err = open.check_exposure(at(exposed)).unwrap_err().to_string();
+            assert!(err.contains("--allow-anonymous"), "{err}");
+        }
+        let half = Config {
+            admin_token: Some("admin-token-1".into()),
+            ..Config::default()
+        }
+        .validate()
+        .unwrap();
+        let err = half
+            .check_exposure(at("0.0.0.0:1"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("with Route open"), "{err}");
+        let both = Config {
+            admin_token: Some("admin-token-1".into()),
+            route_token: Some("route-token-1".into()),
+            ..Config::default()
+        };
+        assert!(
+            both.validate()
+                .unwrap()
+                .check_exposure(at("0.0.0.0:1"))
+                .is_ok()
+        );
+        let told = Config {
+            allow_anonymous: true,
+            ..Config::default()
+        };
+        assert!(
+            told.validate()
+                .unwrap()
+                .check_exposure(at("0.0.0.0:1"))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn tokens_never_print() {
+        let c = Config {
+            admin_token: Some("admin-token-1".into()),
+            route_token: Some("route-token-1".into()),
+            ..Config::default()
+        };
+        let text = format!("{:?}", c.validate().unwrap());
+        assert!(
+            !text.contains("admin-token-1") && !text.contains("route-token-1"),
+            "{text}"
+        );
+    }
 }
