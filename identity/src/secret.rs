@@ -7,9 +7,23 @@ use std::path::Path;
 use subtle::ConstantTimeEq;
 
 /// A secret string. `Debug` and `Display` print `<redacted>`; read it with
-/// [`Secret::expose`] only where it is used.
-#[derive(Clone, PartialEq, Eq)]
+/// [`Secret::expose`] only where it is used. Deserializes from a plain string, so a
+/// config struct can hold one and still derive `Debug` safely.
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
 pub struct Secret(String);
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Self(value)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Self(value.to_owned())
+    }
+}
 
 impl Secret {
     /// Wraps a value (already read from a file or the environment).
@@ -72,6 +86,9 @@ mod tests {
         assert!(s.matches("hunter2"));
         assert!(!s.matches("hunter3"));
         assert!(!s.matches("hunter"));
+        let from_toml: Secret = serde_json::from_str("\"hunter2\"").unwrap();
+        assert!(from_toml.matches("hunter2"));
+        assert_eq!(format!("{from_toml:?}"), "<redacted>");
     }
 
     #[test]

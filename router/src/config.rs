@@ -2,12 +2,14 @@
 //! read from TOML (the binary merges flags and `SWITCHYARD_*` env over it) and turned by
 //! [`Config::validate`] into the [`ValidConfig`] that [`crate::run`] takes.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::Deserialize;
+use switchyard_identity::{AppTokens, Rules, Secret, TicketSigner, Watched};
 use switchyard_proto::limits::policy_floor;
 use switchyard_proto::v1::ClientPolicy;
 use switchyard_registry::{KeyError, Prefix};
@@ -45,6 +47,33 @@ pub enum ConfigError {
     ShortToken {
         /// `admin_token` or `route_token`.
         key: &'static str,
+    },
+    /// A key file (`app_jwks`, `ticket_key`) that cannot be used.
+    #[error("{key}: {source}")]
+    Keys {
+        /// The key naming the file.
+        key: &'static str,
+        /// What is wrong with it.
+        source: switchyard_identity::KeyError,
+    },
+    /// `app_audience`/`app_issuer` without `app_jwks`: they would silently check nothing.
+    #[error("{key} needs app_jwks")]
+    WithoutJwks {
+        /// The key.
+        key: &'static str,
+    },
+    /// A non-loopback listen address with parts of the API open to anyone (DESIGN
+    /// contract 5: refuse unless the operator said `--allow-anonymous`).
+    #[error(
+        "refusing to listen on {listen} (not loopback) with {open} open to anyone: {fix}, or pass --allow-anonymous"
+    )]
+    Anonymous {
+        /// The gRPC listen address.
+        listen: SocketAddr,
+        /// What is unauthenticated.
+        open: &'static str,
+        /// The settings that would protect it.
+        fix: &'static str,
     },
     /// Only one of `tls_cert` and `tls_key`.
     #[error("tls_cert and tls_key go together")]
@@ -110,14 +139,37 @@ pub enum PolicyError {
 pub struct Config {
     /// Registry prefix `P`. Default `/switchyard`.
     pub prefix: String,
-    /// Bearer token for the Admin service. Without it (and without `client_ca`) Admin is
-    /// refused: drains must never be open to anyone who can reach the port.
-    pub admin_token: Option<String>,
+    /// Bearer token (the ops token) for Admin, ListGateways and WatchGateways. Without it
+    /// (and without `client_ca`) Admin is refused: drains must never be open to anyone
+    /// who can reach the port; the topology calls stay open only on a loopback router.
+    pub admin_token: Option<Secret>,
     /// File holding the admin token (first line), so it stays out of `ps` and env dumps.
     pub admin_token_file: Option<PathBuf>,
-    /// When set, Route, ListGateways and WatchGateways need this bearer token (the admin
-    /// token is accepted too), for routers reachable from the internet.
-    pub route_token: Option<String>,
+    /// When set, Route needs this bearer token (the admin token is accepted too), for
+    /// trusted backends calling Route on behalf of clients. With `app_jwks` it is an
+    /// alternative to an app token.
+    pub route_token: Option<Secret>,
+    /// JWKS file of the app's login service: when set, Route needs `authorization: Bearer
+    /// <app JWT>` whose `sub` is the request's client_id (or the route/admin token).
+    /// Re-read when it changes, so the app can rotate its keys.
+    pub app_jwks: Option<PathBuf>,
+    /// Accepted `aud` values of app tokens; empty = not checked.
+    pub app_audience: Vec<String>,
+    /// Accepted `iss` values of app tokens; empty = not checked.
+    pub app_issuer: Vec<String>,
+    /// Clock skew allowed on app tokens' `exp`/`nbf`. Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub token_leeway: Duration,
+    /// PEM file of Ed25519 PKCS#8 private keys that sign login tickets: the first signs,
+    /// all are published at `/v1/ticket-keys`. Re-read when it changes (rotation). No
+    /// tickets when unset.
+    pub ticket_key: Option<PathBuf>,
+    /// How long a login ticket is valid. Default 60 s.
+    #[serde(with = "humantime_serde")]
+    pub ticket_lifetime: Duration,
+    /// Start on a non-loopback address even with Route or the topology calls open to
+    /// anyone. Off by default: an exposed router must say who it serves.
+    pub allow_anonymous: bool,
     /// Proxies (CIDRs) whose `x-forwarded-for` is believed; anyone else could forge it to
     /// pick a region.
     pub trust_forwarded_for: Vec<IpNet>,
@@ -165,6 +217,10 @@ pub struct ValidConfig {
     config: Config,
     /// `config.prefix`, parsed.
     prefix: Prefix,
+    /// Verifies app tokens, when `app_jwks` is set.
+    app_tokens: Option<Arc<AppTokens>>,
+    /// The ticket keys, when `ticket_key` is set.
+    tickets: Option<Arc<Watched<TicketSigner>>>,
 }
 
 impl ValidConfig {
@@ -172,6 +228,52 @@ impl ValidConfig {
     pub fn prefix(&self) -> &Prefix {
         &self.prefix
     }
+
+    /// The app-token verifier, when Route takes app tokens.
+    pub(crate) fn app_tokens(&self) -> Option<&AppTokens> {
+        self.app_tokens.as_deref()
+    }
+
+    /// The ticket signer's file, when the router issues tickets.
+    pub(crate) fn tickets(&self) -> Option<&Watched<TicketSigner>> {
+        self.tickets.as_deref()
+    }
+
+    /// Whether Route authenticates its callers (app tokens or the route token).
+    pub fn route_authenticated(&self) -> bool {
+        self.app_tokens.is_some() || self.route_token.is_some()
+    }
+
+    /// Whether Admin, ListGateways and WatchGateways are protected (ops token or mTLS).
+    pub fn ops_protected(&self) -> bool {
+        self.admin_token.is_some() || self.client_ca.is_some()
+    }
+
+    /// DESIGN contract 5: a router listening on a non-loopback address refuses to start
+    /// while Route or the topology calls are open to anyone, unless `allow_anonymous`.
+    pub fn check_exposure(&self, listen: SocketAddr) -> Result<(), ConfigError> {
+        if self.allow_anonymous || is_loopback(listen.ip()) {
+            return Ok(());
+        }
+        let (open, fix) = match (self.route_authenticated(), self.ops_protected()) {
+            (true, true) => return Ok(()),
+            (false, false) => (
+                "Route, ListGateways, WatchGateways and Admin",
+                "set --app-jwks or --route-token, and --admin-token(-file) or --client-ca",
+            ),
+            (false, true) => ("Route", "set --app-jwks or --route-token"),
+            (true, false) => (
+                "ListGateways and WatchGateways",
+                "set --admin-token(-file) or --client-ca",
+            ),
+        };
+        Err(ConfigError::Anonymous { listen, open, fix })
+    }
+}
+
+/// Loopback, IPv4-mapped IPv6 included (`0.0.0.0` and `::` are every interface: not).
+pub(crate) fn is_loopback(ip: IpAddr) -> bool {
+    canonical(ip).is_loopback()
 }
 
 impl std::ops::Deref for ValidConfig {
@@ -188,6 +290,13 @@ impl Default for Config {
             admin_token: None,
             admin_token_file: None,
             route_token: None,
+            app_jwks: None,
+            app_audience: Vec::new(),
+            app_issuer: Vec::new(),
+            token_leeway: switchyard_identity::verify::DEFAULT_LEEWAY,
+            ticket_key: None,
+            ticket_lifetime: switchyard_identity::ticket::DEFAULT_LIFETIME,
+            allow_anonymous: false,
             trust_forwarded_for: Vec::new(),
             cors_allowed_origins: Vec::new(),
             tls_cert: None,
@@ -211,7 +320,8 @@ impl Config {
         Ok(toml::from_str(text)?)
     }
 
-    /// Checks every value and reads `admin_token_file` into `admin_token`.
+    /// Checks every value, reads `admin_token_file` into `admin_token`, and loads the key
+    /// files (`app_jwks`, `ticket_key`), so a bad one stops the start (and `--check`).
     pub fn validate(mut self) -> Result<ValidConfig, ConfigError> {
         let prefix = Prefix::new(self.prefix.clone())?;
         self.ranking.validate()?;
@@ -221,16 +331,53 @@ impl Config {
                 path: path.clone(),
                 source,
             })?;
-            self.admin_token = text.lines().next().map(|l| l.trim().to_owned());
+            self.admin_token = text.lines().next().map(|l| Secret::new(l.trim()));
         }
         for (key, token) in [
             ("admin_token", &self.admin_token),
             ("route_token", &self.route_token),
         ] {
-            if token.as_deref().is_some_and(|t| t.len() < 8) {
+            if token.as_ref().is_some_and(|t| t.expose().len() < 8) {
                 return Err(ConfigError::ShortToken { key });
             }
         }
+        if self.app_jwks.is_none() {
+            for (key, list) in [
+                ("app_audience", &self.app_audience),
+                ("app_issuer", &self.app_issuer),
+            ] {
+                if !list.is_empty() {
+                    return Err(ConfigError::WithoutJwks { key });
+                }
+            }
+        }
+        let app_tokens = match &self.app_jwks {
+            Some(path) => {
+                let keys = Watched::jwks(path).map_err(|source| ConfigError::Keys {
+                    key: "app_jwks",
+                    source,
+                })?;
+                let rules = Rules {
+                    audience: self.app_audience.clone(),
+                    issuer: self.app_issuer.clone(),
+                    leeway: self.token_leeway,
+                };
+                Some(Arc::new(AppTokens::new(Arc::new(keys), rules)))
+            }
+            None => None,
+        };
+        let lifetime = self.ticket_lifetime;
+        let tickets = match &self.ticket_key {
+            Some(path) => Some(Arc::new(
+                Watched::open(path, move |pem| TicketSigner::from_pem(pem, lifetime)).map_err(
+                    |source| ConfigError::Keys {
+                        key: "ticket_key",
+                        source,
+                    },
+                )?,
+            )),
+            None => None,
+        };
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(ConfigError::TlsPair);
         }
@@ -249,6 +396,7 @@ impl Config {
         for (key, d) in [
             ("valid_for", self.valid_for),
             ("pending_window", self.pending_window),
+            ("ticket_lifetime", self.ticket_lifetime),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::Zero { key });
@@ -261,6 +409,8 @@ impl Config {
         Ok(ValidConfig {
             config: self,
             prefix,
+            app_tokens,
+            tickets,
         })
     }
 
@@ -644,6 +794,98 @@ mod tests {
             err,
             "policy.overrides[region=eu,network=wifi].backoff_cap = 200ms is below \
              policy.overrides[region=eu,network=wifi].backoff_base = 500ms"
+        );
+    }
+
+    #[test]
+    fn key_files_are_loaded_and_refused_naming_the_key() {
+        let dir = std::env::temp_dir().join(format!("sy-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = dir.join("missing");
+        let err = bad(&format!("app_jwks = {:?}", missing.to_str().unwrap()));
+        assert!(err.starts_with("app_jwks: cannot read"), "{err}");
+        let not_pem = dir.join("not.pem");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let err = bad(&format!("ticket_key = {:?}", not_pem.to_str().unwrap()));
+        assert!(err.starts_with("ticket_key: "), "{err}");
+        assert_eq!(
+            bad("app_audience = [\"chat\"]"),
+            "app_audience needs app_jwks"
+        );
+        assert!(
+            bad("[outlier]\nmax_reports_per_identity = 0").contains("max_reports_per_identity")
+        );
+        let pem = dir.join("tickets.pem");
+        std::fs::write(&pem, switchyard_identity::generate_ed25519_pem()).unwrap();
+        let c = Config::from_toml(&format!(
+            "ticket_key = {:?}\nticket_lifetime = \"30s\"",
+            pem.to_str().unwrap()
+        ))
+        .unwrap()
+        .validate()
+        .unwrap();
+        assert_eq!(
+            c.tickets().unwrap().get().lifetime(),
+            Duration::from_secs(30)
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_exposed_router_needs_auth_unless_told_anonymous() {
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let open = Config::default().validate().unwrap();
+        assert!(open.check_exposure(at("127.0.0.1:7100")).is_ok());
+        assert!(open.check_exposure(at("[::1]:7100")).is_ok());
+        for exposed in ["0.0.0.0:7100", "[::]:7100", "10.1.2.3:7100"] {
+            let err = open.check_exposure(at(exposed)).unwrap_err().to_string();
+            assert!(err.contains("--allow-anonymous"), "{err}");
+        }
+        let half = Config {
+            admin_token: Some("admin-token-1".into()),
+            ..Config::default()
+        }
+        .validate()
+        .unwrap();
+        let err = half
+            .check_exposure(at("0.0.0.0:1"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("with Route open"), "{err}");
+        let both = Config {
+            admin_token: Some("admin-token-1".into()),
+            route_token: Some("route-token-1".into()),
+            ..Config::default()
+        };
+        assert!(
+            both.validate()
+                .unwrap()
+                .check_exposure(at("0.0.0.0:1"))
+                .is_ok()
+        );
+        let told = Config {
+            allow_anonymous: true,
+            ..Config::default()
+        };
+        assert!(
+            told.validate()
+                .unwrap()
+                .check_exposure(at("0.0.0.0:1"))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn tokens_never_print() {
+        let c = Config {
+            admin_token: Some("admin-token-1".into()),
+            route_token: Some("route-token-1".into()),
+            ..Config::default()
+        };
+        let text = format!("{:?}", c.validate().unwrap());
+        assert!(
+            !text.contains("admin-token-1") && !text.contains("route-token-1"),
+            "{text}"
         );
     }
 }

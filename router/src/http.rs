@@ -1,5 +1,6 @@
-//! The HTTP side port: `/metrics` (Prometheus), `/healthz`, and `/`, a self-contained
-//! auto-refreshing status page listing every gateway with a load bar.
+//! The HTTP side port: `/metrics` (Prometheus), `/healthz`, `/v1/ticket-keys` (the public
+//! login-ticket keys as a JWKS, for gateways), and `/`, a self-contained auto-refreshing
+//! status page listing every gateway with a load bar.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -27,6 +28,7 @@ pub(crate) fn app(state: Arc<State>, metrics: Option<PrometheusHandle>) -> Route
         .route("/", get(status_page))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
+        .route(TICKET_KEYS, get(ticket_keys))
         .with_state(Http { state, metrics })
 }
 
@@ -35,6 +37,29 @@ async fn healthz(Extract(h): Extract<Http>) -> Response {
         (StatusCode::OK, "ok\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "registry not loaded yet\n").into_response()
+    }
+}
+
+/// Where gateways poll the routers' public ticket keys (DESIGN contract 5).
+pub(crate) const TICKET_KEYS: &str = "/v1/ticket-keys";
+
+/// The public ticket keys as a JWKS. Public data, so no auth; cacheable for a short while
+/// (gateways also refetch when a ticket names a `kid` they lack).
+async fn ticket_keys(Extract(h): Extract<Http>) -> Response {
+    match h.state.config.tickets() {
+        Some(keys) => (
+            [
+                (header::CONTENT_TYPE, "application/json"),
+                (header::CACHE_CONTROL, "max-age=30"),
+            ],
+            keys.get().jwks().to_string(),
+        )
+            .into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            "this router issues no tickets (start it with --ticket-key)\n",
+        )
+            .into_response(),
     }
 }
 

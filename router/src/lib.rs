@@ -10,6 +10,9 @@
 //! - `outlier`: pure ejection state machine fed by client failure reports.
 //! - `view`: registry snapshots → immutable views, plus the live state of each gateway
 //!   (pending hand-outs, ejection), which has exactly one home.
+//! - `auth`: who is calling — app tokens and the route token on Route, the ops token or
+//!   a client certificate on Admin and the topology calls, and the failure-report budget
+//!   per caller identity.
 //! - `service`: the `Router` and `Admin` gRPC services, and [`gateway_proto`], the one
 //!   conversion of a registry record into the API's `Gateway`.
 //! - `http`: the side port: `/metrics`, `/healthz`, status page.
@@ -22,6 +25,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod auth;
 mod config;
 mod http;
 mod outlier;

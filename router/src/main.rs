@@ -52,9 +52,34 @@ struct Args {
     /// File holding the admin token.
     #[arg(long, env = "SWITCHYARD_ADMIN_TOKEN_FILE")]
     admin_token_file: Option<PathBuf>,
-    /// Bearer token required for Route/ListGateways/WatchGateways.
+    /// Bearer token trusted backends may send on Route instead of an app token (the admin
+    /// token is accepted too); alone, it is required on Route.
     #[arg(long, env = "SWITCHYARD_ROUTE_TOKEN", hide_env_values = true)]
     route_token: Option<String>,
+    /// JWKS file of the app's login service: Route then needs `authorization: Bearer <app
+    /// JWT>` with sub = client_id. Re-read when it changes.
+    #[arg(long, env = "SWITCHYARD_APP_JWKS")]
+    app_jwks: Option<PathBuf>,
+    /// Accepted `aud` values of app tokens, comma-separated (unchecked when unset).
+    #[arg(long, env = "SWITCHYARD_APP_AUDIENCE", value_delimiter = ',')]
+    app_audience: Option<Vec<String>>,
+    /// Accepted `iss` values of app tokens, comma-separated (unchecked when unset).
+    #[arg(long, env = "SWITCHYARD_APP_ISSUER", value_delimiter = ',')]
+    app_issuer: Option<Vec<String>>,
+    /// Clock skew allowed on app tokens' exp/nbf [default: 5s].
+    #[arg(long, env = "SWITCHYARD_TOKEN_LEEWAY", value_parser = humantime::parse_duration)]
+    token_leeway: Option<std::time::Duration>,
+    /// PEM file of Ed25519 private keys signing login tickets (first signs, all published
+    /// at /v1/ticket-keys on the HTTP port). Re-read when it changes.
+    #[arg(long, env = "SWITCHYARD_TICKET_KEY")]
+    ticket_key: Option<PathBuf>,
+    /// Login ticket lifetime [default: 60s].
+    #[arg(long, env = "SWITCHYARD_TICKET_LIFETIME", value_parser = humantime::parse_duration)]
+    ticket_lifetime: Option<std::time::Duration>,
+    /// Start on a non-loopback --listen even with Route or ListGateways/WatchGateways open
+    /// to anyone (refused otherwise).
+    #[arg(long, env = "SWITCHYARD_ALLOW_ANONYMOUS")]
+    allow_anonymous: bool,
     /// CIDRs of proxies whose x-forwarded-for is trusted, comma-separated.
     #[arg(long, env = "SWITCHYARD_TRUST_FORWARDED_FOR", value_delimiter = ',')]
     trust_forwarded_for: Option<Vec<IpNet>>,
@@ -173,18 +198,43 @@ impl Args {
         if let Some(v) = self.cors_allowed_origins {
             c.cors_allowed_origins = v;
         }
+        if let Some(v) = self.app_audience {
+            c.app_audience = v;
+        }
+        if let Some(v) = self.app_issuer {
+            c.app_issuer = v;
+        }
+        if let Some(v) = self.token_leeway {
+            c.token_leeway = v;
+        }
+        if let Some(v) = self.ticket_lifetime {
+            c.ticket_lifetime = v;
+        }
+        if self.allow_anonymous {
+            c.allow_anonymous = true;
+        }
+        for (given, field) in [
+            (self.admin_token, &mut c.admin_token),
+            (self.route_token, &mut c.route_token),
+        ] {
+            if let Some(token) = given {
+                *field = Some(token.into());
+            }
+        }
         macro_rules! set_opt {
             ($($field:ident),*) => { $( if self.$field.is_some() { c.$field = self.$field; } )* };
         }
         set_opt!(
-            admin_token,
             admin_token_file,
-            route_token,
+            app_jwks,
+            ticket_key,
             tls_cert,
             tls_key,
             client_ca
         );
-        Ok((process, c.validate()?))
+        let config = c.validate()?;
+        config.check_exposure(process.listen)?;
+        Ok((process, config))
     }
 }
 
@@ -203,13 +253,24 @@ async fn main() -> ExitCode {
         return match check_tls(&config) {
             Ok(()) => {
                 println!(
-                    "{BIN}: configuration ok: listen {}, http {}, prefix {}, etcd {}",
+                    "{BIN}: configuration ok: listen {}, http {}, prefix {}, etcd {}, route auth {}, tickets {}",
                     process.listen,
                     process
                         .http_listen
                         .map_or_else(|| "off".to_owned(), |a| a.to_string()),
                     config.prefix(),
-                    process.etcd.endpoints.join(",")
+                    process.etcd.endpoints.join(","),
+                    match (config.app_jwks.is_some(), config.route_token.is_some()) {
+                        (true, true) => "app-jwks+route-token",
+                        (true, false) => "app-jwks",
+                        (false, true) => "route-token",
+                        (false, false) => "open",
+                    },
+                    if config.ticket_key.is_some() {
+                        "on"
+                    } else {
+                        "off"
+                    },
                 );
                 ExitCode::SUCCESS
             }

@@ -29,6 +29,9 @@ pub struct Params {
     pub max_ejection: Duration,
     /// At most this share of gateways can be ejected at once (at least one). Default 0.3.
     pub max_ejected_share: f64,
+    /// Failure reports one caller identity may make per `window`; the rest are ignored
+    /// (and counted), so one credential cannot flood the reports. Default 5.
+    pub max_reports_per_identity: u32,
 }
 
 impl Default for Params {
@@ -39,6 +42,7 @@ impl Default for Params {
             base_ejection: Duration::from_secs(30),
             max_ejection: Duration::from_secs(300),
             max_ejected_share: 0.3,
+            max_reports_per_identity: 5,
         }
     }
 }
@@ -52,6 +56,9 @@ pub enum ParamsError {
     /// `max_ejected_share` is not a share.
     #[error("outlier.max_ejected_share must be within 0..=1, got {0}")]
     MaxEjectedShare(f64),
+    /// `max_reports_per_identity` is 0: no report could ever count.
+    #[error("outlier.max_reports_per_identity must be at least 1")]
+    MaxReports,
     /// The first ejection would be longer than the cap.
     #[error("outlier.base_ejection must not exceed outlier.max_ejection")]
     BaseOverMax,
@@ -62,6 +69,9 @@ impl Params {
     pub fn validate(&self) -> Result<(), ParamsError> {
         if self.min_clients == 0 {
             return Err(ParamsError::MinClients);
+        }
+        if self.max_reports_per_identity == 0 {
+            return Err(ParamsError::MaxReports);
         }
         if !(0.0..=1.0).contains(&self.max_ejected_share) {
             return Err(ParamsError::MaxEjectedShare(self.max_ejected_share));

@@ -44,6 +44,10 @@ pub enum Error {
     /// The HTTP side port failed.
     #[error("http server: {0}")]
     Http(#[from] std::io::Error),
+    /// The configuration does not fit where the router listens (an exposed router without
+    /// authentication, DESIGN contract 5).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     /// Reflection service could not be built.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -68,6 +72,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let tls = tls_config(&config)?;
+    let listen = listeners.grpc.local_addr()?;
+    config.check_exposure(listen)?;
     let watcher = fleet::watch(
         client.clone(),
         config.prefix(),
@@ -87,6 +93,8 @@ pub async fn run(
         ejector: Ejector::default(),
         routes_total: AtomicU64::new(0),
         route_metrics: RouteMetrics::new(),
+        loopback: crate::config::is_loopback(listen.ip()),
+        report_budget: crate::auth::ReportBudget::default(),
     });
     let stop = CancellationToken::new();
     // Background tasks end with `run`, also when its future is dropped (aborted).

@@ -20,9 +20,9 @@ use switchyard_proto::v1::{
 use switchyard_registry::etcd_client::Client;
 use switchyard_registry::{Contact, DrainRecord, GatewayId, GatewayRecord, fleet};
 use tokio::sync::{mpsc, watch};
-use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
+use crate::auth::{self, ReportBudget};
 use crate::config::{Config, ValidConfig};
 use crate::ranking::{self, Placed, Protocol};
 use crate::view::{Ejector, Gateway, Handouts, LiveView, View, now_ms};
@@ -48,6 +48,11 @@ pub(crate) struct State {
     pub(crate) routes_total: AtomicU64,
     /// Metric handles of the Route path, looked up once.
     pub(crate) route_metrics: RouteMetrics,
+    /// The gRPC port is on loopback: the topology calls may stay open without an ops
+    /// token, and anonymous failure reports still count (development).
+    pub(crate) loopback: bool,
+    /// Failure reports per caller identity in the current outlier window.
+    pub(crate) report_budget: ReportBudget,
 }
 
 /// The Route path's metric handles. The `counter!`/`histogram!` macros look the series up
@@ -132,59 +137,6 @@ fn invalid(reason: &'static str, message: String) -> Status {
     Status::invalid_argument(message)
 }
 
-fn bearer(meta: &MetadataMap) -> Option<&str> {
-    meta.get("authorization")?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
-}
-
-/// Compares secrets without leaking the matching prefix length through timing.
-fn same_secret(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
-}
-
-fn check_admin<T>(state: &State, req: &Request<T>) -> Result<(), Status> {
-    let token = state.config.admin_token.as_deref();
-    if let (Some(want), Some(got)) = (token, bearer(req.metadata()))
-        && same_secret(want, got)
-    {
-        return Ok(());
-    }
-    if state.config.client_ca.is_some() && req.peer_certs().is_some_and(|c| !c.is_empty()) {
-        return Ok(());
-    }
-    metrics::counter!("switchyard_router_auth_failures_total", "service" => "admin").increment(1);
-    if token.is_none() && state.config.client_ca.is_none() {
-        return Err(Status::permission_denied(
-            "admin is disabled: start the router with --admin-token, --admin-token-file or --client-ca",
-        ));
-    }
-    Err(Status::unauthenticated(
-        "admin needs `authorization: Bearer <admin token>` or a client certificate",
-    ))
-}
-
-fn check_route<T>(state: &State, req: &Request<T>) -> Result<(), Status> {
-    let Some(want) = state.config.route_token.as_deref() else {
-        return Ok(());
-    };
-    let got = bearer(req.metadata()).unwrap_or("");
-    let admin = state.config.admin_token.as_deref().unwrap_or("");
-    if same_secret(want, got) || (!admin.is_empty() && same_secret(admin, got)) {
-        return Ok(());
-    }
-    metrics::counter!("switchyard_router_auth_failures_total", "service" => "router").increment(1);
-    Err(Status::unauthenticated(
-        "this router needs `authorization: Bearer <route token>`",
-    ))
-}
-
 /// The caller's IP: the peer, or the client named in `x-forwarded-for` when the peer is a
 /// trusted proxy (the right-most address not itself a trusted proxy).
 pub(crate) fn caller_ip(
@@ -230,16 +182,17 @@ pub(crate) struct AdminService {
 impl RouterService {
     fn route_now(&self, req: Request<RouteRequest>) -> Result<RouteResponse, Status> {
         let state = &*self.state;
-        check_route(state, &req)?;
-        // The caller's address only matters when the request names no locality; looked
-        // up before the body is taken so the header needs no copy.
+        let peer = req.remote_addr().map(|a| a.ip());
+        let forwarded = req
+            .metadata()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok());
+        let ip = caller_ip(&state.config, peer, forwarded);
+        let caller =
+            auth::route_caller(&state.config, req.metadata(), ip, &req.get_ref().client_id)?;
+        // The caller's address only matters when the request names no locality.
         let located = if req.get_ref().region.is_empty() && req.get_ref().zone.is_empty() {
-            let peer = req.remote_addr().map(|a| a.ip());
-            let forwarded = req
-                .metadata()
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok());
-            caller_ip(&state.config, peer, forwarded).and_then(|ip| state.config.locate(ip))
+            ip.and_then(|ip| state.config.locate(ip))
         } else {
             None
         };
@@ -283,6 +236,19 @@ impl RouterService {
                 format!("exclude and failures hold at most {MAX_ROUTE_LIST} entries"),
             ));
         }
+        let long_exclude = r.exclude.iter().any(|id| id.len() > MAX_FIELD);
+        let long_failure = r
+            .failures
+            .iter()
+            .any(|f| f.gateway_id.len() > MAX_FIELD || f.reason.len() > MAX_FIELD);
+        if long_exclude || long_failure {
+            return Err(invalid(
+                "list",
+                format!(
+                    "exclude ids and failure gateway ids and reasons are at most {MAX_FIELD} bytes"
+                ),
+            ));
+        }
         let limit = if r.limit == 0 {
             DEFAULT_ROUTE_LIMIT
         } else {
@@ -303,17 +269,8 @@ impl RouterService {
             ));
         }
         let client_hash = ranking::stable_hash(r.client_id.as_bytes());
-        for f in r.failures.iter().filter(|_| !dry_run) {
-            if let Some(i) = view.index_of(&f.gateway_id) {
-                let at = if f.at_unix_ms == 0 { now } else { f.at_unix_ms };
-                if state
-                    .ejector
-                    .report(&state.config.outlier, &view, i, client_hash, at, now)
-                {
-                    metrics::counter!("switchyard_router_ejections_total").increment(1);
-                    tracing::warn!(gateway = %f.gateway_id, "gateway ejected after failure reports from several clients");
-                }
-            }
+        if !dry_run && !r.failures.is_empty() {
+            self.believe_failures(&caller, &r, &view, now);
         }
         let request = ranking::Request {
             client_id: &r.client_id,
@@ -329,53 +286,101 @@ impl RouterService {
             view: &view,
             now_ms: now,
         };
-        SCRATCH.with_borrow_mut(|(scratch, out)| {
-            ranking::rank(
-                &view.candidates,
-                &view.index,
-                &live,
-                &request,
-                &state.config.ranking,
-                scratch,
-                out,
-            )
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-            if let Some(first) = out.first().filter(|_| !dry_run) {
-                state
-                    .handouts
-                    .record(client_hash, &view.gateways[first.index].shared);
-            }
-            let gateways = out
-                .iter()
-                .map(|p| {
-                    let rec = &view.gateways[p.index].record;
-                    RoutedGateway {
-                        id: rec.id.clone(),
-                        address: rec.addr_for(protocol.as_str()).unwrap_or("").to_owned(),
-                        region: rec.region.clone(),
-                        zone: rec.zone.clone(),
-                        score: p.score,
-                    }
+        let mut resp =
+            SCRATCH.with_borrow_mut(|(scratch, out)| -> Result<RouteResponse, Status> {
+                ranking::rank(
+                    &view.candidates,
+                    &view.index,
+                    &live,
+                    &request,
+                    &state.config.ranking,
+                    scratch,
+                    out,
+                )
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+                if let Some(first) = out.first().filter(|_| !dry_run) {
+                    state
+                        .handouts
+                        .record(client_hash, &view.gateways[first.index].shared);
+                }
+                let gateways = out
+                    .iter()
+                    .map(|p| {
+                        let rec = &view.gateways[p.index].record;
+                        RoutedGateway {
+                            id: rec.id.clone(),
+                            address: rec.addr_for(protocol.as_str()).unwrap_or("").to_owned(),
+                            region: rec.region.clone(),
+                            zone: rec.zone.clone(),
+                            score: p.score,
+                        }
+                    })
+                    .collect();
+                let explanation = if r.explain {
+                    explain(&view, &live, &request, out)
+                } else {
+                    Vec::new()
+                };
+                let policy = state.config.policy.select(region, &r.network);
+                Ok(RouteResponse {
+                    gateways,
+                    revision: view.revision,
+                    valid_for_ms: state.config.valid_for.as_millis() as u64,
+                    policy: Some(policy.to_proto()),
+                    explanation,
+                    snapshot_age_ms: state.snapshot_age_ms(),
+                    // Signed below once the answer is final (not for explain/dry runs).
+                    ticket: String::new(),
+                    ticket_valid_for_ms: 0,
                 })
-                .collect();
-            let explanation = if r.explain {
-                explain(&view, &live, &request, out)
-            } else {
-                Vec::new()
-            };
-            let policy = state.config.policy.select(region, &r.network);
-            Ok(RouteResponse {
-                gateways,
-                revision: view.revision,
-                valid_for_ms: state.config.valid_for.as_millis() as u64,
-                policy: Some(policy.to_proto()),
-                explanation,
-                snapshot_age_ms: state.snapshot_age_ms(),
-                // Signed in `route` once the answer is final (not for explain/dry runs).
-                ticket: String::new(),
-                ticket_valid_for_ms: 0,
-            })
-        })
+            })?;
+        if !dry_run && let Some(keys) = state.config.tickets() {
+            let gws: Vec<&str> = resp.gateways.iter().map(|g| g.id.as_str()).collect();
+            let ticket = keys.get().issue(&r.client_id, &gws).map_err(|e| {
+                metrics::counter!("switchyard_router_ticket_errors_total").increment(1);
+                tracing::error!(error = %e, "cannot sign a login ticket");
+                Status::internal("cannot sign a login ticket")
+            })?;
+            resp.ticket = ticket.token;
+            resp.ticket_valid_for_ms = ticket.valid_for.as_millis() as u64;
+        }
+        Ok(resp)
+    }
+
+    /// Feeds a Route's failure reports to the ejector, under the caller's identity
+    /// (distinct reporters are what eject) and within its budget per window; reports that
+    /// must not count are ignored and counted by why.
+    fn believe_failures(&self, caller: &auth::Caller, r: &RouteRequest, view: &View, now: i64) {
+        let state = &*self.state;
+        let outlier = &state.config.outlier;
+        let anonymous_counts = state.loopback && !state.config.route_authenticated();
+        let outcome = |o: &'static str, n: usize| {
+            metrics::counter!("switchyard_router_failure_reports_total", "outcome" => o)
+                .increment(n as u64);
+        };
+        let Some(identity) = caller.reporter(&r.client_id, anonymous_counts) else {
+            outcome("untrusted", r.failures.len());
+            return;
+        };
+        let reporter = ranking::stable_hash(identity.as_bytes());
+        let window = outlier.window.as_millis() as i64;
+        for f in &r.failures {
+            if !state
+                .report_budget
+                .take(reporter, outlier.max_reports_per_identity, window, now)
+            {
+                outcome("over_budget", 1);
+                continue;
+            }
+            outcome("counted", 1);
+            if let Some(i) = view.index_of(&f.gateway_id) {
+                let at = if f.at_unix_ms == 0 { now } else { f.at_unix_ms };
+                if state.ejector.report(outlier, view, i, reporter, at, now) {
+                    metrics::counter!("switchyard_router_ejections_total").increment(1);
+                    tracing::warn!(gateway = %f.gateway_id, "gateway ejected after failure reports from several callers");
+                }
+            }
+        }
     }
 }
 
@@ -481,7 +486,7 @@ impl pb::router_server::Router for RouterService {
         &self,
         req: Request<ListGatewaysRequest>,
     ) -> Result<Response<ListGatewaysResponse>, Status> {
-        check_route(&self.state, &req)?;
+        auth::check_topology(&self.state.config, &req, self.state.loopback)?;
         let view = self.state.view();
         let now = now_ms();
         Ok(Response::new(ListGatewaysResponse {
@@ -503,7 +508,7 @@ impl pb::router_server::Router for RouterService {
         &self,
         req: Request<WatchGatewaysRequest>,
     ) -> Result<Response<UpdateStream>, Status> {
-        check_route(&self.state, &req)?;
+        auth::check_topology(&self.state.config, &req, self.state.loopback)?;
         let mut changes = self.state.view.subscribe();
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(async move {
@@ -578,7 +583,7 @@ fn gateway_id(id: &str) -> Result<GatewayId, Status> {
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminService {
     async fn drain(&self, req: Request<DrainRequest>) -> Result<Response<DrainResponse>, Status> {
-        check_admin(&self.state, &req)?;
+        auth::check_admin(&self.state.config, &req)?;
         let r = req.into_inner();
         let id = gateway_id(&r.gateway_id)?;
         if r.reason.len() > MAX_FIELD || r.by.len() > MAX_FIELD {
@@ -608,7 +613,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<UndrainRequest>,
     ) -> Result<Response<UndrainResponse>, Status> {
-        check_admin(&self.state, &req)?;
+        auth::check_admin(&self.state.config, &req)?;
         let id = gateway_id(&req.get_ref().gateway_id)?;
         let existed = fleet::delete_drain(&self.state.client, self.state.config.prefix(), &id)
             .await
@@ -653,16 +658,13 @@ mod tests {
         );
     }
 
-    #[test]
-    fn secrets_compare_exactly() {
-        assert!(same_secret("abcdefgh", "abcdefgh"));
-        assert!(!same_secret("abcdefgh", "abcdefgX"));
-        assert!(!same_secret("abcdefgh", "abcdefg"));
-    }
-
     /// A router state over `gateways` (all serving, capacity 100), with an etcd client
     /// that never connects: Route does not touch etcd.
     async fn state(gateways: &[&str]) -> Arc<State> {
+        state_with(gateways, Config::default().validate().unwrap(), true).await
+    }
+
+    async fn state_with(gateways: &[&str], config: ValidConfig, loopback: bool) -> Arc<State> {
         let mut snap = switchyard_registry::Snapshot {
             revision: 1,
             ..Default::default()
@@ -683,7 +685,7 @@ mod tests {
             last: None,
         });
         Arc::new(State {
-            config: Config::default().validate().unwrap(),
+            config,
             client,
             view: watch::Sender::new(Arc::new(view)),
             contact,
@@ -691,6 +693,8 @@ mod tests {
             ejector: Ejector::default(),
             routes_total: AtomicU64::new(0),
             route_metrics: RouteMetrics::new(),
+            loopback,
+            report_budget: ReportBudget::default(),
         })
     }
 
@@ -739,5 +743,86 @@ mod tests {
         }
         assert_eq!(pending(&state), 5);
         assert_eq!(state.view().ejected(now_ms()), 1);
+    }
+
+    #[tokio::test]
+    async fn real_answers_carry_a_ticket_for_their_gateways_and_previews_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("tickets.pem");
+        std::fs::write(&pem, switchyard_identity::generate_ed25519_pem()).unwrap();
+        let config = Config {
+            ticket_key: Some(pem),
+            ..Config::default()
+        }
+        .validate()
+        .unwrap();
+        let state = state_with(&["a", "b", "c", "d"], config, true).await;
+        let signer = state.config.tickets().unwrap().get();
+        let tickets = switchyard_identity::Tickets::new(
+            Arc::new(Arc::new(signer.key_set())),
+            std::time::Duration::from_secs(5),
+        );
+        let svc = RouterService { state };
+        let resp = svc
+            .route_now(Request::new(RouteRequest {
+                client_id: "u1".into(),
+                ..Default::default()
+            }))
+            .unwrap();
+        let ids: Vec<String> = resp.gateways.iter().map(|g| g.id.clone()).collect();
+        assert_eq!(ids.len(), 3);
+        let claims = tickets.verify(&resp.ticket, "u1", &ids[0]).unwrap();
+        assert_eq!(claims.gws, ids);
+        assert_eq!(resp.ticket_valid_for_ms, 60_000);
+        for (dry_run, explain) in [(true, false), (false, true)] {
+            let resp = svc
+                .route_now(Request::new(failing("u1", "zz", dry_run, explain)))
+                .unwrap();
+            assert!(resp.ticket.is_empty() && resp.ticket_valid_for_ms == 0);
+        }
+    }
+
+    #[tokio::test]
+    async fn anonymous_reports_count_only_on_an_open_loopback_router() {
+        // --allow-anonymous on an exposed address: nobody proved who they are.
+        let open = Config {
+            allow_anonymous: true,
+            ..Config::default()
+        };
+        let state = state_with(&["a", "b", "c", "d"], open.validate().unwrap(), false).await;
+        let svc = RouterService {
+            state: state.clone(),
+        };
+        for client in 0..5 {
+            let req = failing(&format!("anon-{client}"), "a", false, false);
+            svc.route_now(Request::new(req)).unwrap();
+        }
+        assert_eq!(
+            state.view().ejected(now_ms()),
+            0,
+            "anonymous reports do not count"
+        );
+    }
+
+    #[tokio::test]
+    async fn exclude_and_failure_strings_are_bounded() {
+        let svc = RouterService {
+            state: state(&["a"]).await,
+        };
+        let long = "x".repeat(MAX_FIELD + 1);
+        let mut reason = failing("u1", "a", false, false);
+        reason.failures[0].reason = long.clone();
+        for req in [
+            RouteRequest {
+                client_id: "u1".into(),
+                exclude: vec![long.clone()],
+                ..Default::default()
+            },
+            failing("u1", &long, false, false),
+            reason,
+        ] {
+            let e = svc.route_now(Request::new(req)).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+        }
     }
 }

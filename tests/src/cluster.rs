@@ -172,11 +172,10 @@ impl Cluster {
             self.child_env(&mut cmd);
             cmd
         };
-        let ready = |[grpc, _]: [u16; 2]| async move {
-            let mut c = RouterClient::connect(format!("http://{}", addr(grpc)))
-                .await
-                .ok()?;
-            c.list_gateways(pb::ListGatewaysRequest {}).await.ok()
+        let token = self.admin_token().map(str::to_owned);
+        let ready = |[grpc, _]: [u16; 2]| {
+            let token = token.clone();
+            async move { list_with(&format!("http://{}", addr(grpc)), token.as_deref()).await }
         };
         let (child, [grpc, http], _) = start(&launch, command, ready).await;
         self.routers.push(RouterProcess {
@@ -261,7 +260,7 @@ impl Cluster {
                 limit,
                 &format!("router {url} hands out {ids:?}"),
                 || async {
-                    let list = list(&url).await?;
+                    let list = list_with(&url, self.admin_token()).await?;
                     ids.iter()
                         .all(|id| {
                             list.gateways
@@ -279,7 +278,7 @@ impl Cluster {
     pub async fn wait_gone(&self, id: &str, limit: Duration) {
         for url in self.router_urls() {
             eventually(limit, &format!("router {url} forgets {id}"), || async {
-                let list = list(&url).await?;
+                let list = list_with(&url, self.admin_token()).await?;
                 (!list.gateways.iter().any(|g| g.id == id)).then_some(())
             })
             .await;
@@ -291,6 +290,19 @@ impl Cluster {
         self.gateways
             .get_mut(id)
             .unwrap_or_else(|| panic!("no gateway {id}"))
+    }
+
+    /// The `--admin-token` the routers were started with, if any: ListGateways and
+    /// WatchGateways need it then.
+    pub fn admin_token(&self) -> Option<&str> {
+        let args = &self.router_args;
+        args.iter()
+            .enumerate()
+            .find_map(|(i, a)| match a.strip_prefix("--admin-token") {
+                Some("") => args.get(i + 1).map(String::as_str),
+                Some(rest) => rest.strip_prefix('='),
+                None => None,
+            })
     }
 
     /// Runs `switchyardctl --router <first router> <args>` and returns its output.
@@ -312,13 +324,21 @@ impl Cluster {
     }
 }
 
-/// `ListGateways` from one router, or `None` when it does not answer.
+/// `ListGateways` from one router, or `None` when it does not answer (an open loopback
+/// router: no ops token configured).
 pub async fn list(router_url: &str) -> Option<pb::ListGatewaysResponse> {
+    list_with(router_url, None).await
+}
+
+/// `ListGateways` from one router with the ops token, when given.
+pub async fn list_with(
+    router_url: &str,
+    admin_token: Option<&str>,
+) -> Option<pb::ListGatewaysResponse> {
     let mut c = RouterClient::connect(router_url.to_owned()).await.ok()?;
-    Some(
-        c.list_gateways(pb::ListGatewaysRequest {})
-            .await
-            .ok()?
-            .into_inner(),
-    )
+    let req = match admin_token {
+        Some(t) => crate::router::with_token(pb::ListGatewaysRequest {}, t),
+        None => tonic::Request::new(pb::ListGatewaysRequest {}),
+    };
+    Some(c.list_gateways(req).await.ok()?.into_inner())
 }

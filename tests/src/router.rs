@@ -181,7 +181,8 @@ pub fn ids(resp: &RouteResponse) -> Vec<String> {
     resp.gateways.iter().map(|g| g.id.clone()).collect()
 }
 
-/// Waits until the router's view holds exactly `want` gateway ids (sorted).
+/// Waits until the router's view holds exactly `want` gateway ids (sorted). Sends the
+/// [`ADMIN_TOKEN`] of [`test_config`]: ListGateways needs the ops token when one is set.
 pub async fn wait_gateways(c: &RouterClient<Channel>, want: &[&str]) {
     let want: Vec<String> = want.iter().map(|s| (*s).to_owned()).collect();
     crate::eventually(
@@ -191,7 +192,10 @@ pub async fn wait_gateways(c: &RouterClient<Channel>, want: &[&str]) {
             let mut c = c.clone();
             let want = want.clone();
             async move {
-                let r = c.list_gateways(ListGatewaysRequest {}).await.ok()?;
+                let r = c
+                    .list_gateways(with_token(ListGatewaysRequest {}, ADMIN_TOKEN))
+                    .await
+                    .ok()?;
                 let mut have: Vec<String> =
                     r.get_ref().gateways.iter().map(|g| g.id.clone()).collect();
                 have.sort();

@@ -50,7 +50,7 @@ async fn cluster_with_records() -> Cluster {
         Duration::from_secs(10),
         "router sees 3 gateways",
         || async {
-            let list = switchyard_tests::cluster::list(&url).await?;
+            let list = switchyard_tests::cluster::list_with(&url, Some("s3cret-token")).await?;
             (list.gateways.len() == 3).then_some(())
         },
     )
@@ -63,7 +63,7 @@ async fn gateways_table_json_and_route_explanation() {
     init_tracing();
     let cluster = cluster_with_records().await;
 
-    let table = cluster.ctl(&["gateways"]);
+    let table = cluster.ctl(&["--token", "s3cret-token", "gateways"]);
     assert!(table.status.success(), "{}", stderr(&table));
     let text = stdout(&table);
     assert!(text.contains("ID") && text.contains("LOAD"), "{text}");
@@ -88,7 +88,7 @@ async fn gateways_table_json_and_route_explanation() {
         "{text}"
     );
 
-    let json = cluster.ctl(&["gateways", "--output", "json"]);
+    let json = cluster.ctl(&["--token", "s3cret-token", "gateways", "--output", "json"]);
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json output");
     assert_eq!(v["source"], "router");
     assert_eq!(v["gateways"].as_array().unwrap().len(), 3);
@@ -184,7 +184,7 @@ async fn drain_and_undrain_need_the_token_and_take_effect() {
         Duration::from_secs(5),
         "drained shows in the table",
         || async {
-            let t = stdout(&cluster.ctl(&["gateways"]));
+            let t = stdout(&cluster.ctl(&["--token", "s3cret-token", "gateways"]));
             t.lines()
                 .any(|l| l.starts_with("gw-a") && l.contains("drained"))
                 .then_some(t)
@@ -232,7 +232,13 @@ async fn watch_prints_one_line_per_change() {
     init_tracing();
     let cluster = cluster_with_records().await;
     let mut child = tokio::process::Command::new(bin_path("switchyardctl"))
-        .args(["--router", &cluster.router_urls()[0], "watch"])
+        .args([
+            "--router",
+            &cluster.router_urls()[0],
+            "--token",
+            "s3cret-token",
+            "watch",
+        ])
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use switchyard_proto::v1::ListGatewaysRequest;
 use switchyard_tests::router::{
-    TestRouter, put_record, record, route_req, test_config, wait_gateways,
+    ADMIN_TOKEN, TestRouter, put_record, record, route_req, test_config, wait_gateways, with_token,
 };
 use switchyard_tests::{Etcd, eventually, init_tracing, unique_prefix};
 
@@ -75,7 +75,7 @@ async fn burst_between_reports_lands_on_capacity_shares() {
     // The router counted exactly what it handed out, per gateway.
     let mut lc = c.clone();
     let listed = lc
-        .list_gateways(ListGatewaysRequest {})
+        .list_gateways(with_token(ListGatewaysRequest {}, ADMIN_TOKEN))
         .await
         .unwrap()
         .into_inner();
@@ -91,7 +91,7 @@ async fn burst_between_reports_lands_on_capacity_shares() {
             let mut c = c.clone();
             async move {
                 let r = c
-                    .list_gateways(ListGatewaysRequest {})
+                    .list_gateways(with_token(ListGatewaysRequest {}, ADMIN_TOKEN))
                     .await
                     .ok()?
                     .into_inner();
@@ -102,7 +102,7 @@ async fn burst_between_reports_lands_on_capacity_shares() {
     )
     .await;
     let listed = lc
-        .list_gateways(ListGatewaysRequest {})
+        .list_gateways(with_token(ListGatewaysRequest {}, ADMIN_TOKEN))
         .await
         .unwrap()
         .into_inner();

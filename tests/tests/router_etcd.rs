@@ -9,7 +9,8 @@ use etcd_client::CompactionOptions;
 use switchyard_proto::v1::ListGatewaysRequest;
 use switchyard_proto::v1::router_client::RouterClient;
 use switchyard_tests::router::{
-    TestRouter, ids, put_record, record, route_req, test_config, wait_gateways,
+    ADMIN_TOKEN, TestRouter, ids, put_record, record, route_req, test_config, wait_gateways,
+    with_token,
 };
 use switchyard_tests::{CutProxy, Etcd, eventually, init_tracing, unique_prefix};
 use tonic::transport::Channel;
@@ -22,7 +23,7 @@ async fn connected(c: &RouterClient<Channel>, want: bool) {
             let mut c = c.clone();
             async move {
                 let r = c
-                    .list_gateways(ListGatewaysRequest {})
+                    .list_gateways(with_token(ListGatewaysRequest {}, ADMIN_TOKEN))
                     .await
                     .ok()?
                     .into_inner();
@@ -120,7 +121,7 @@ async fn catches_up_after_compaction_while_cut_off() {
     proxy.restore();
     wait_gateways(&c, &["gw-2", "gw-3"]).await;
     let listed = c
-        .list_gateways(ListGatewaysRequest {})
+        .list_gateways(with_token(ListGatewaysRequest {}, ADMIN_TOKEN))
         .await
         .unwrap()
         .into_inner();

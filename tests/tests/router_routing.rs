@@ -85,7 +85,10 @@ async fn only_routable_gateways_are_returned() {
     let drained = eventually(Duration::from_secs(10), "ops drain visible", || {
         let mut c = c.clone();
         async move {
-            let r = c.list_gateways(ListGatewaysRequest {}).await.ok()?;
+            let r = c
+                .list_gateways(with_token(ListGatewaysRequest {}, ADMIN_TOKEN))
+                .await
+                .ok()?;
             r.into_inner()
                 .gateways
                 .into_iter()
@@ -106,7 +109,7 @@ async fn only_routable_gateways_are_returned() {
         c.route(req).await.unwrap();
     }
     let listed = c
-        .list_gateways(ListGatewaysRequest {})
+        .list_gateways(with_token(ListGatewaysRequest {}, ADMIN_TOKEN))
         .await
         .unwrap()
         .into_inner();
@@ -237,7 +240,7 @@ async fn zone_then_region_preference_and_spill() {
             let mut c = c.clone();
             async move {
                 let r = c
-                    .list_gateways(ListGatewaysRequest {})
+                    .list_gateways(with_token(ListGatewaysRequest {}, ADMIN_TOKEN))
                     .await
                     .ok()?
                     .into_inner();
@@ -314,7 +317,7 @@ async fn first_place_is_stable_across_calls_and_replicas() {
     assert_eq!(spread.len(), 6, "clients are spread over every gateway");
     // Asking again before a report did not count the client twice.
     let listed = c1
-        .list_gateways(ListGatewaysRequest {})
+        .list_gateways(with_token(ListGatewaysRequest {}, ADMIN_TOKEN))
         .await
         .unwrap()
         .into_inner();
@@ -536,7 +539,10 @@ async fn watch_gateways_streams_a_full_set_then_changes() {
     let mut c = router.client().await;
     wait_gateways(&c, &["gw-1"]).await;
     let mut stream = c
-        .watch_gateways(switchyard_proto::v1::WatchGatewaysRequest {})
+        .watch_gateways(with_token(
+            switchyard_proto::v1::WatchGatewaysRequest {},
+            ADMIN_TOKEN,
+        ))
         .await
         .unwrap()
         .into_inner();

@@ -265,7 +265,10 @@ async fn agent_writes(
     let watched: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::default();
     let mut stream = RouterClient::connect(router_url.to_owned())
         .await?
-        .watch_gateways(WatchGatewaysRequest {})
+        .watch_gateways(switchyard_tests::router::with_token(
+            WatchGatewaysRequest {},
+            ADMIN_TOKEN,
+        ))
         .await?
         .into_inner();
     let w = watched.clone();

@@ -512,7 +512,7 @@ async fn healed(cluster: &Cluster, since: Instant, limit: Duration) -> Option<Du
     while since.elapsed() < limit {
         let mut ok = true;
         for url in cluster.router_urls() {
-            let serving = switchyard_tests::cluster::list(&url)
+            let serving = switchyard_tests::cluster::list_with(&url, Some(ADMIN_TOKEN))
                 .await
                 .is_some_and(|l| {
                     ids.iter().all(|id| {

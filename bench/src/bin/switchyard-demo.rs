@@ -118,7 +118,7 @@ async fn run(args: &Args) -> Result<String> {
     // Let the agents report their counts so the table shows them.
     tokio::time::sleep(Duration::from_secs(3)).await;
     println!("\n  switchyardctl gateways:");
-    let _ = print_ctl(&cluster, &["gateways"]);
+    let _ = print_ctl(&cluster, &["--token", ADMIN_TOKEN, "gateways"]);
 
     step("Crashing gw-a1 (SIGKILL): its clients must fail over by themselves");
     let victims = swarm.on_gateway("gw-a1");
@@ -218,7 +218,7 @@ async fn run(args: &Args) -> Result<String> {
     step("Final balance");
     let dist = print_distribution(&swarm);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let _ = print_ctl(&cluster, &["gateways"]);
+    let _ = print_ctl(&cluster, &["--token", ADMIN_TOKEN, "gateways"]);
     let lost = clients - swarm.connected();
     let ended = swarm.ended();
     if lost > 0 || !ended.is_empty() {
