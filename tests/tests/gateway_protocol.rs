@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use switchyard_gateway_agent::gateway::{Config, HmacAuth, KickPolicy, PushError};
+use switchyard_identity::Secret;
 use switchyard_proto::v1;
 use switchyard_proto::wire::Frame;
 use switchyard_tests::rawclient::{BOTH, Event, Proto, RawClient, TestGateway, encode};
@@ -104,9 +105,10 @@ async fn no_hello_in_time_or_wrong_first_frame_closes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_hello_and_auth_are_rejected() {
     let mut cfg = fast();
-    cfg.auth_secret = Some(b"s3cret".to_vec());
+    cfg.auth.auth_secret = Some(Secret::new("s3cret"));
+    cfg.auth.hmac_legacy = true;
     let gw = TestGateway::with_config(cfg).await;
-    let token = HmacAuth::new("s3cret").token("u1");
+    let token = HmacAuth::new("s3cret").legacy_token("u1");
     for proto in BOTH {
         let mut c = RawClient::connect(proto, gw.addr(proto)).await;
         match c.hello("", "").await {

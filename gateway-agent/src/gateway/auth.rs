@@ -476,7 +476,15 @@ pub struct Authenticator {
     remote: Option<Arc<UrlKeys>>,
     /// Whether a ticket key file is configured too (then the URLs may be down at start).
     ticket_file: bool,
+    /// Whether any JWKS file is in use: after an unknown `kid` it is worth a second look
+    /// once the file may be re-read.
+    files: bool,
 }
+
+/// A key file is re-read for an unknown `kid` at most every 100 ms
+/// (`switchyard_identity::Watched::check_soon`); a HELLO waits this long before its second
+/// look, so a key written to the file just before its first ticket arrived admits it.
+const FILE_RECHECK: Duration = Duration::from_millis(150);
 
 impl Authenticator {
     /// No mode: every HELLO is anonymous.
@@ -485,6 +493,7 @@ impl Authenticator {
             modes: Vec::new(),
             remote: None,
             ticket_file: false,
+            files: false,
         }
     }
 
@@ -508,6 +517,7 @@ impl Authenticator {
                             Watched::jwks(path).map_err(keys_err("ticket_jwks"))?,
                         ));
                         out.ticket_file = true;
+                        out.files = true;
                     }
                     if !config.ticket_jwks_urls.is_empty() {
                         let remote = Arc::new(UrlKeys::new(&config.ticket_jwks_urls)?);
@@ -524,6 +534,7 @@ impl Authenticator {
                 AuthMode::Jwt => {
                     let path = config.app_jwks.as_ref().expect("validated: jwt has keys");
                     let keys = Watched::jwks(path).map_err(keys_err("app_jwks"))?;
+                    out.files = true;
                     let rules = Rules {
                         audience: config.app_audience.clone(),
                         issuer: config.app_issuer.clone(),
@@ -597,7 +608,17 @@ impl Auth for Authenticator {
     }
 
     fn keys_refreshed(&self) -> Option<Refreshed> {
-        self.remote.as_ref().map(|r| r.refreshed())
+        match (&self.remote, self.files) {
+            (Some(r), false) => Some(r.refreshed()),
+            (Some(r), true) => {
+                let fetched = r.refreshed();
+                Some(Box::pin(async move {
+                    tokio::join!(fetched, tokio::time::sleep(FILE_RECHECK));
+                }))
+            }
+            (None, true) => Some(Box::pin(tokio::time::sleep(FILE_RECHECK))),
+            (None, false) => None,
+        }
     }
 }
 
@@ -809,6 +830,7 @@ mod tests {
             ],
             remote: None,
             ticket_file: false,
+            files: false,
         };
         (auth, s)
     }
