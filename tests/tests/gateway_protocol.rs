@@ -188,13 +188,28 @@ async fn heartbeat_check_can_be_switched_off() {
     assert_eq!(gw.hub.connections(), 1);
 }
 
+/// A proven identity replaces its old session (an anonymous one does not: see
+/// gateway_identity.rs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_login_kicks_the_first() {
-    let gw = TestGateway::with_config(fast()).await;
+    let mut cfg = fast();
+    cfg.auth.auth_secret = Some(Secret::new("s3cret"));
+    let gw = TestGateway::with_config(cfg).await;
+    let token = HmacAuth::new("s3cret")
+        .token("default", "same", switchyard_identity::unix_now() + 600)
+        .unwrap();
+    let login = |proto, addr| {
+        let token = token.clone();
+        async move {
+            let mut c = RawClient::connect(proto, addr).await;
+            assert!(matches!(c.hello("same", &token).await, Frame::Welcome(_)));
+            c
+        }
+    };
     for proto in BOTH {
         let addr = gw.addr(proto);
-        let (mut old, _) = RawClient::login(proto, addr, "same").await;
-        let (mut new, _) = RawClient::login(proto, addr, "same").await;
+        let mut old = login(proto, addr).await;
+        let mut new = login(proto, addr).await;
         match old.frame(T).await {
             Frame::Kick(k) => assert_eq!(k.code, v1::KickCode::LoggedInElsewhere as i32),
             other => panic!("{proto:?}: expected KICK, got {other:?}"),
