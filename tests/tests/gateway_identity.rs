@@ -99,14 +99,23 @@ async fn tickets_admit_their_client_at_their_gateway_and_every_refusal_has_its_c
     welcomed(&gw, "u1", &good, "a ticket naming this gateway").await;
 
     let elsewhere = s.issue("u1", &["gw-other"]).unwrap().token;
-    let expired = s.issue_at("u1", &["gw-t1"], unix_now() - 3600).unwrap().token;
+    let expired = s
+        .issue_at("u1", &["gw-t1"], unix_now() - 3600)
+        .unwrap()
+        .token;
     let mut parts: Vec<String> = good.split('.').map(str::to_owned).collect();
     let forged_claims = s.issue("u2", &["gw-t1"]).unwrap().token;
     parts[1] = forged_claims.split('.').nth(1).unwrap().to_owned();
     let tampered = parts.join(".");
     let unknown = signer().issue("u1", &["gw-t1"]).unwrap().token;
     let cases: [(&str, &str, &str, i32, &str); 6] = [
-        ("another gateway", "u1", &elsewhere, AUTH, "not for this gateway"),
+        (
+            "another gateway",
+            "u1",
+            &elsewhere,
+            AUTH,
+            "not for this gateway",
+        ),
         ("another client", "u2", &good, AUTH, "another client"),
         ("expired", "u1", &expired, EXPIRED, "expired"),
         ("tampered signature", "u2", &tampered, AUTH, "bad signature"),
@@ -190,7 +199,10 @@ async fn hmac_v1_tokens_expire_rotate_by_kid_and_a_proven_login_kicks_the_old_on
 
     // A proven identity logging in again replaces the old session.
     let mut second = RawClient::connect(Proto::Tcp, addr(&gw)).await;
-    assert!(matches!(second.hello("u1", &fresh).await, Frame::Welcome(_)));
+    assert!(matches!(
+        second.hello("u1", &fresh).await,
+        Frame::Welcome(_)
+    ));
     match first.frame(T).await {
         Frame::Kick(k) => assert_eq!(k.code, v1::KickCode::LoggedInElsewhere as i32),
         other => panic!("expected KICK, got {other:?}"),
@@ -224,7 +236,8 @@ async fn key_server(body: Arc<Mutex<String>>) -> String {
                         body.len()
                     )
                 } else {
-                    "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".into()
+                    "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                        .into()
                 };
                 let _ = s.write_all(reply.as_bytes()).await;
             });
@@ -346,5 +359,8 @@ fn a_non_loopback_gateway_without_auth_refuses_to_start() {
     let out = check(&["--listen", &listen, "--auth", "jwt", "--check"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr.contains("--app-jwks"), "a mode without its keys: {stderr}");
+    assert!(
+        stderr.contains("--app-jwks"),
+        "a mode without its keys: {stderr}"
+    );
 }

@@ -330,7 +330,7 @@ async fn over_capacity_gets_overloaded() {
     cfg.capacity = 2;
     cfg.heartbeat_check = false;
     let gw = TestGateway::with_config(cfg).await;
-    let _a = RawClient::login(Proto::Tcp, gw.tcp, "a").await;
+    let (_a, welcome_a) = RawClient::login(Proto::Tcp, gw.tcp, "a").await;
     let _b = RawClient::login(Proto::Ws, gw.ws, "b").await;
     for proto in BOTH {
         let mut c = RawClient::connect(proto, gw.addr(proto)).await;
@@ -342,8 +342,16 @@ async fn over_capacity_gets_overloaded() {
             other => panic!("{proto:?}: expected REJECT, got {other:?}"),
         }
     }
-    // Kick-old replacing its own session does not need a free slot.
-    let _a2 = RawClient::login(Proto::Tcp, gw.tcp, "a").await;
+    // Kick-old replacing its own session does not need a free slot (an anonymous client
+    // replaces only the session it resumes by session_id).
+    let mut a2 = RawClient::connect(Proto::Tcp, gw.tcp).await;
+    a2.send(&Frame::Hello(v1::Hello {
+        client_id: "a".into(),
+        session_id: welcome_a.session_id,
+        ..Default::default()
+    }))
+    .await;
+    assert!(matches!(a2.frame(T).await, Frame::Welcome(_)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,8 +15,8 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use switchyard_gateway_agent::agent::{self, RegistryArgs};
 use switchyard_gateway_agent::gateway::{self, AuthMode, Gateway, KickPolicy, Listeners};
-use switchyard_identity::Secret;
 use switchyard_gateway_agent::{ops_router, raise_fd_limit, serve_ops};
+use switchyard_identity::Secret;
 use switchyard_proto::limits::DEFAULT_MAX_FRAME;
 use switchyard_registry::Addrs;
 use switchyard_registry::cli;
@@ -168,8 +168,6 @@ impl Flags {
             c.tls = Some(gateway::load_tls(cert, key)?);
         }
         c.validate()?;
-        let listen: Vec<SocketAddr> = std::iter::once(self.listen).chain(self.ws_listen).collect();
-        c.check_exposure(&listen)?;
         Ok(c)
     }
 
@@ -220,6 +218,11 @@ impl Flags {
             let addrs = self.addrs(self.listen, self.ws_listen)?;
             Some(self.registry.config(addrs, self.capacity)?)
         };
+        // After the registration checks: a missing --advertise is the first thing to fix.
+        let listen: Vec<SocketAddr> = std::iter::once(self.listen).chain(self.ws_listen).collect();
+        gateway
+            .check_exposure(&listen)
+            .context("invalid gateway settings")?;
         Ok(Settings {
             gateway,
             modes,

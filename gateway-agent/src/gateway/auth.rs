@@ -383,17 +383,20 @@ impl HmacAuth {
                 }
                 return Err(Refusal::BadSignature);
             }
-            return Err(Refusal::Malformed("not a v1.<kid>.<exp>.<mac> token".into()));
+            return Err(Refusal::Malformed(
+                "not a v1.<kid>.<exp>.<mac> token".into(),
+            ));
         };
         let parts: Vec<&str> = rest.split('.').collect();
         let [kid, exp_text, sig] = parts[..] else {
-            return Err(Refusal::Malformed("not a v1.<kid>.<exp>.<mac> token".into()));
+            return Err(Refusal::Malformed(
+                "not a v1.<kid>.<exp>.<mac> token".into(),
+            ));
         };
         let exp: u64 = exp_text
             .parse()
             .map_err(|_| Refusal::Malformed("exp is not Unix seconds".into()))?;
-        let given =
-            hex::decode(sig).map_err(|_| Refusal::Malformed("mac is not hex".into()))?;
+        let given = hex::decode(sig).map_err(|_| Refusal::Malformed("mac is not hex".into()))?;
         let Some(secret) = keys.by_kid.get(kid) else {
             return Err(Refusal::UnknownKey(kid.chars().take(64).collect()));
         };
@@ -658,9 +661,7 @@ pub(crate) fn login(
     match auth.check(hello) {
         // The application's refusal stands against an anonymous admission: its mode is
         // configured, so the HELLO is not unauthenticated-by-design.
-        Ok(id) if !id.is_authenticated() && best.is_some() => {
-            Err(best.expect("checked above"))
-        }
+        Ok(id) if !id.is_authenticated() && best.is_some() => Err(best.expect("checked above")),
         Ok(id) => Ok(id),
         Err(e) => Err(deeper(best, e)),
     }
@@ -680,8 +681,7 @@ mod tests {
     }
 
     fn signer() -> TicketSigner {
-        TicketSigner::from_pem(generate_ed25519_pem().as_bytes(), Duration::from_secs(60))
-            .unwrap()
+        TicketSigner::from_pem(generate_ed25519_pem().as_bytes(), Duration::from_secs(60)).unwrap()
     }
 
     fn fixed(set: KeySet) -> Arc<dyn KeySource> {
@@ -703,7 +703,12 @@ mod tests {
 
     #[test]
     fn accept_any_needs_a_client_id_and_is_anonymous() {
-        assert!(!AcceptAny.check(&hello("u1", "")).unwrap().is_authenticated());
+        assert!(
+            !AcceptAny
+                .check(&hello("u1", ""))
+                .unwrap()
+                .is_authenticated()
+        );
         assert!(matches!(
             AcceptAny.check(&hello("", "")),
             Err(AuthError::BadHello(_))
@@ -722,7 +727,10 @@ mod tests {
             "8f0d05b747219f7d9f13a44304bbda130918600ddbbd901632ba7d35db20554d"
         );
         assert_eq!(auth.verify(&hello("u1", &token)).unwrap().mode, "hmac");
-        assert_eq!(auth.verify(&hello("u2", &token)), Err(Refusal::BadSignature));
+        assert_eq!(
+            auth.verify(&hello("u2", &token)),
+            Err(Refusal::BadSignature)
+        );
         assert!(matches!(
             auth.verify(&hello("u1", "zz")),
             Err(Refusal::Malformed(_))
@@ -748,13 +756,21 @@ mod tests {
         assert!(e.is_expired());
         // A later exp with the old signature is a forgery, not an expiry.
         let forged = old.replace(&format!(".{}.", now - 60), &format!(".{}.", now + 600));
-        assert_eq!(auth.verify(&hello("u1", &forged)), Err(Refusal::BadSignature));
+        assert_eq!(
+            auth.verify(&hello("u1", &forged)),
+            Err(Refusal::BadSignature)
+        );
         assert!(matches!(
             auth.verify(&hello("u1", "v1.other.1.00")),
             Err(Refusal::UnknownKey(_))
         ));
         assert!(auth.token("other", "u1", now).is_none());
-        for bad in ["v1.default.x.00", "v1.default.1", "v1.default.1.zz", "garbage"] {
+        for bad in [
+            "v1.default.x.00",
+            "v1.default.1",
+            "v1.default.1.zz",
+            "garbage",
+        ] {
             assert!(
                 matches!(auth.verify(&hello("u1", bad)), Err(Refusal::Malformed(_))),
                 "{bad}"
@@ -775,8 +791,15 @@ mod tests {
             let t = auth.token(kid, "u1", exp).unwrap();
             assert!(auth.verify(&hello("u1", &t)).is_ok(), "{kid}");
         }
-        let shown = format!("{auth:?} {:?} {:?}", HmacAuth::new("hunter2"), HmacKeys::parse(b"k1 hunter2").unwrap());
-        assert!(!shown.contains("first-secret") && !shown.contains("hunter2"), "{shown}");
+        let shown = format!(
+            "{auth:?} {:?} {:?}",
+            HmacAuth::new("hunter2"),
+            HmacKeys::parse(b"k1 hunter2").unwrap()
+        );
+        assert!(
+            !shown.contains("first-secret") && !shown.contains("hunter2"),
+            "{shown}"
+        );
         for bad in ["", "k1\n", "k.1 s\n", "k1 a\nk1 b\n"] {
             assert!(HmacKeys::parse(bad.as_bytes()).is_err(), "{bad:?}");
         }
@@ -791,7 +814,10 @@ mod tests {
         assert_eq!(auth.verify(&hello("u1", &t)).unwrap().mode, "ticket");
         assert_eq!(auth.verify(&hello("u2", &t)), Err(Refusal::WrongSubject));
         let other = s.issue("u1", &["gw-2"]).unwrap().token;
-        assert_eq!(auth.verify(&hello("u1", &other)), Err(Refusal::NotForGateway));
+        assert_eq!(
+            auth.verify(&hello("u1", &other)),
+            Err(Refusal::NotForGateway)
+        );
     }
 
     fn hs_jwks(kid: &str, secret: &[u8]) -> KeySet {
@@ -844,22 +870,37 @@ mod tests {
         assert_eq!(auth.check(&hello("u1", &ticket)).unwrap().mode, "ticket");
         let app = app_token("u1", now + 60);
         assert_eq!(auth.check(&hello("u1", &app)).unwrap().mode, "jwt");
-        let h = HmacAuth::new("s3cret").token(DEFAULT_KID, "u1", now + 60).unwrap();
+        let h = HmacAuth::new("s3cret")
+            .token(DEFAULT_KID, "u1", now + 60)
+            .unwrap();
         assert_eq!(auth.check(&hello("u1", &h)).unwrap().mode, "hmac");
 
         // An expired ticket: the ticket mode's refusal, not jwt's unknown key.
         let old = s.issue_at("u1", &["gw-1"], now - 3600).unwrap().token;
         let (code, mode, r) = refused(auth.check(&hello("u1", &old)));
-        assert_eq!((code, mode, r), (v1::RejectCode::AuthExpired, "ticket", Refusal::Expired));
+        assert_eq!(
+            (code, mode, r),
+            (v1::RejectCode::AuthExpired, "ticket", Refusal::Expired)
+        );
         let (code, mode, r) = refused(auth.check(&hello("u1", &app_token("u1", now - 600))));
-        assert_eq!((code, mode, r), (v1::RejectCode::AuthExpired, "jwt", Refusal::Expired));
+        assert_eq!(
+            (code, mode, r),
+            (v1::RejectCode::AuthExpired, "jwt", Refusal::Expired)
+        );
         let (code, _, r) = refused(auth.check(&hello("u2", &ticket)));
         assert_eq!((code, r), (v1::RejectCode::Auth, Refusal::WrongSubject));
         let (code, mode, r) = refused(auth.check(&hello("u1", "")));
-        assert_eq!((code, mode, r), (v1::RejectCode::Auth, "ticket", Refusal::Missing));
+        assert_eq!(
+            (code, mode, r),
+            (v1::RejectCode::Auth, "ticket", Refusal::Missing)
+        );
         let stranger = signer().issue("u1", &["gw-1"]).unwrap().token;
         let (code, _, r) = refused(auth.check(&hello("u1", &stranger)));
-        assert_eq!(code, v1::RejectCode::AuthExpired, "unknown kid: route again");
+        assert_eq!(
+            code,
+            v1::RejectCode::AuthExpired,
+            "unknown kid: route again"
+        );
         assert!(matches!(r, Refusal::UnknownKey(_)));
         assert!(matches!(
             auth.check(&hello("", &ticket)),
@@ -891,15 +932,29 @@ mod tests {
     #[test]
     fn an_application_mode_joins_the_built_in_ones() {
         let (auth, s) = combined();
-        assert_eq!(login(&auth, &Custom, &hello("u1", "magic")).unwrap().mode, "custom");
+        assert_eq!(
+            login(&auth, &Custom, &hello("u1", "magic")).unwrap().mode,
+            "custom"
+        );
         let ticket = s.issue("u1", &["gw-1"]).unwrap().token;
-        assert_eq!(login(&auth, &Custom, &hello("u1", &ticket)).unwrap().mode, "ticket");
+        assert_eq!(
+            login(&auth, &Custom, &hello("u1", &ticket)).unwrap().mode,
+            "ticket"
+        );
         let (_, mode, r) = refused(login(&auth, &Custom, &hello("u1", "bad")));
         assert_eq!((mode, r), ("app", Refusal::BadSignature));
         // With no built-in mode, the application's refusal still refuses.
         let none = Authenticator::anonymous();
         assert!(login(&none, &Custom, &hello("u1", "bad")).is_err());
-        assert!(!login(&none, &Custom, &hello("u1", "x")).unwrap().is_authenticated());
-        assert!(login(&none, &Custom, &hello("u1", "magic")).unwrap().is_authenticated());
+        assert!(
+            !login(&none, &Custom, &hello("u1", "x"))
+                .unwrap()
+                .is_authenticated()
+        );
+        assert!(
+            login(&none, &Custom, &hello("u1", "magic"))
+                .unwrap()
+                .is_authenticated()
+        );
     }
 }

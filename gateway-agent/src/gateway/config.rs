@@ -264,7 +264,11 @@ impl AuthConfig {
                 Ok(())
             }
         };
-        unused(AuthMode::Ticket, "ticket_jwks", self.has_keys(AuthMode::Ticket))?;
+        unused(
+            AuthMode::Ticket,
+            "ticket_jwks",
+            self.has_keys(AuthMode::Ticket),
+        )?;
         unused(AuthMode::Jwt, "app_jwks", self.app_jwks.is_some())?;
         unused(
             AuthMode::Jwt,
@@ -273,7 +277,11 @@ impl AuthConfig {
         )?;
         unused(AuthMode::Hmac, "auth_secret", self.has_keys(AuthMode::Hmac))?;
         unused(AuthMode::Hmac, "hmac_legacy", self.hmac_legacy)?;
-        if self.auth_secret.as_ref().is_some_and(|s| s.expose().is_empty()) {
+        if self
+            .auth_secret
+            .as_ref()
+            .is_some_and(|s| s.expose().is_empty())
+        {
             return Err(invalid("auth_secret", "empty"));
         }
         Ok(())
@@ -372,7 +380,13 @@ mod tests {
         a.modes = vec![AuthMode::Hmac, AuthMode::Hmac];
         assert!(a.validate().is_err());
         a.modes = vec![AuthMode::Hmac];
-        assert!(a.validate().unwrap_err().to_string().contains("ticket_jwks"), "keys without their mode");
+        assert!(
+            a.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("ticket_jwks"),
+            "keys without their mode"
+        );
         let b = AuthConfig {
             hmac_legacy: true,
             ..AuthConfig::default()

@@ -491,7 +491,10 @@ mod tests {
         let a = session(1, "u1");
         let b = session(2, "u1");
         assert!(matches!(hub.register(&a), Admission::Accept { .. }));
-        assert!(matches!(hub.register(&b), Admission::Accept { replaced: 1 }));
+        assert!(matches!(
+            hub.register(&b),
+            Admission::Accept { replaced: 1 }
+        ));
         assert_eq!(hub.connections(), 1);
         assert!(
             matches!(a.try_control(), Some(Control::Kick(k)) if k.code == v1::KickCode::LoggedInElsewhere as i32)

@@ -29,8 +29,8 @@ pub use auth::{
 pub use config::{
     AuthConfig, Config, ConfigError, KickPolicy, default_idle_timeout, load_tls, tls_from_der,
 };
-pub use ticket_keys::UrlKeys;
 pub use hub::{Broadcast, Hub, PushError, SessionHandle};
+pub use ticket_keys::UrlKeys;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -126,7 +126,10 @@ impl Gateway {
     /// [`Echo`]. Key URLs are fetched by [`Gateway::load_keys`].
     pub fn new(config: Config) -> Result<Self, Error> {
         config.validate()?;
-        let builtin = Arc::new(Authenticator::from_config(&config.auth, &config.gateway_id)?);
+        let builtin = Arc::new(Authenticator::from_config(
+            &config.auth,
+            &config.gateway_id,
+        )?);
         Ok(Self {
             hub: Hub::new(config.kick_policy, config.capacity),
             config,
@@ -156,7 +159,10 @@ impl Gateway {
     /// gateway can check their tickets; [`Gateway::run`] calls it too (once is enough).
     pub async fn load_keys(&self) -> Result<(), Error> {
         match &self.builtin {
-            Some(b) => b.load_keys(FIRST_KEYS_WAIT).await.map_err(Error::NoTicketKeys),
+            Some(b) => b
+                .load_keys(FIRST_KEYS_WAIT)
+                .await
+                .map_err(Error::NoTicketKeys),
             None => Ok(()),
         }
     }

@@ -65,7 +65,9 @@ pub struct UrlKeys {
 impl std::fmt::Debug for UrlKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let urls: Vec<&str> = self.urls.iter().map(|(u, _)| u.as_str()).collect();
-        f.debug_struct("UrlKeys").field("urls", &urls).finish_non_exhaustive()
+        f.debug_struct("UrlKeys")
+            .field("urls", &urls)
+            .finish_non_exhaustive()
     }
 }
 
@@ -111,7 +113,10 @@ impl UrlKeys {
             if !self.state.lock().merged.is_empty() {
                 return Ok(());
             }
-            if tokio::time::timeout_at(deadline, rounds.changed()).await.is_err() {
+            if tokio::time::timeout_at(deadline, rounds.changed())
+                .await
+                .is_err()
+            {
                 let urls: Vec<&str> = self.urls.iter().map(|(u, _)| u.as_str()).collect();
                 return Err(format!(
                     "no ticket key URL answered within {first:?} ({}): start a router first, or give --ticket-jwks FILE",
@@ -234,8 +239,7 @@ mod tests {
     }
 
     fn signer() -> TicketSigner {
-        TicketSigner::from_pem(generate_ed25519_pem().as_bytes(), Duration::from_secs(60))
-            .unwrap()
+        TicketSigner::from_pem(generate_ed25519_pem().as_bytes(), Duration::from_secs(60)).unwrap()
     }
 
     #[tokio::test]
@@ -253,7 +257,9 @@ mod tests {
         .to_string();
         let done = keys.refreshed();
         keys.missing(b.kid());
-        tokio::time::timeout(Duration::from_secs(10), done).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), done)
+            .await
+            .unwrap();
         assert_eq!(keys.keys().len(), 2);
     }
 
