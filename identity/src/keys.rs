@@ -44,6 +44,7 @@ pub enum KeyError {
 
 /// One verifying key and the algorithms it may be used with (pinned to the key's type, so
 /// a token cannot pick an algorithm its key was not made for).
+#[derive(Clone)]
 struct Key {
     decoding: DecodingKey,
     algorithms: Vec<Algorithm>,
@@ -139,6 +140,19 @@ impl KeySet {
         Ok(Self { by_kid, only })
     }
 
+    /// Every key of `sets` (a gateway reading a file and several routers' URLs). A `kid`
+    /// found in several sets keeps its first key: the sets publish the same keys.
+    pub fn union<'a>(sets: impl IntoIterator<Item = &'a KeySet>) -> Self {
+        let mut by_kid = HashMap::new();
+        for set in sets {
+            for (kid, key) in &set.by_kid {
+                by_kid.entry(kid.clone()).or_insert_with(|| key.clone());
+            }
+        }
+        let only = (by_kid.len() == 1).then(|| by_kid.keys().next().cloned()).flatten();
+        Self { by_kid, only }
+    }
+
     /// The `kid`s in the set, sorted.
     pub fn kids(&self) -> Vec<&str> {
         let mut kids: Vec<&str> = self.by_kid.keys().map(String::as_str).collect();
@@ -180,6 +194,53 @@ pub trait KeySource: Send + Sync + 'static {
 impl KeySource for Arc<KeySet> {
     fn keys(&self) -> Arc<KeySet> {
         self.clone()
+    }
+}
+
+/// Several sources as one: the keys of all of them, and a missing `kid` looked for in
+/// each. The merged set is rebuilt only when a source hands out a new set.
+pub struct KeyUnion {
+    /// The sources, in order (a `kid` in several keeps the first one's key).
+    sources: Vec<Arc<dyn KeySource>>,
+    /// The sets the merge was made from, and the merge.
+    cache: Mutex<(Vec<Arc<KeySet>>, Arc<KeySet>)>,
+}
+
+impl fmt::Debug for KeyUnion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyUnion")
+            .field("sources", &self.sources.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyUnion {
+    /// The union of `sources`.
+    pub fn new(sources: Vec<Arc<dyn KeySource>>) -> Self {
+        Self {
+            sources,
+            cache: Mutex::new((Vec::new(), Arc::new(KeySet::empty()))),
+        }
+    }
+}
+
+impl KeySource for KeyUnion {
+    fn keys(&self) -> Arc<KeySet> {
+        let sets: Vec<Arc<KeySet>> = self.sources.iter().map(|s| s.keys()).collect();
+        let mut cache = self.cache.lock();
+        let same = cache.0.len() == sets.len()
+            && cache.0.iter().zip(&sets).all(|(a, b)| Arc::ptr_eq(a, b));
+        if !same {
+            let merged = Arc::new(KeySet::union(sets.iter().map(|s| &**s)));
+            *cache = (sets, merged);
+        }
+        cache.1.clone()
+    }
+
+    fn missing(&self, kid: &str) {
+        for s in &self.sources {
+            s.missing(kid);
+        }
     }
 }
 
@@ -355,6 +416,27 @@ mod tests {
         assert_eq!(algs, [Algorithm::HS256]);
         let mismatched = r#"{"keys":[{"kty":"oct","kid":"x","alg":"EdDSA","k":"YQ"}]}"#;
         assert!(KeySet::from_jwks(mismatched.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn a_union_holds_every_source_and_follows_their_changes() {
+        let two = r#"{"keys":[{"kty":"oct","kid":"h1","k":"YQ"},{"kty":"oct","kid":"h2","k":"Yg"}]}"#;
+        let a: Arc<dyn KeySource> = Arc::new(Arc::new(KeySet::from_jwks(HS_KEY.as_bytes()).unwrap()));
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("jwks.json");
+        std::fs::write(&p, two).unwrap();
+        let file = Arc::new(Watched::jwks(&p).unwrap());
+        let u = KeyUnion::new(vec![a, file.clone()]);
+        assert_eq!(u.keys().kids(), ["h1", "h2"]);
+        let first = u.keys();
+        assert!(Arc::ptr_eq(&first, &u.keys()), "unchanged sources: the same merge");
+        let three = r#"{"keys":[{"kty":"oct","kid":"h3","k":"Yw"}]}"#;
+        std::fs::write(&p, three).unwrap();
+        // A file is looked at again at most every CHECK_GAP, even when a kid is missing.
+        std::thread::sleep(CHECK_GAP + Duration::from_millis(20));
+        u.missing("h3");
+        assert_eq!(u.keys().kids(), ["h1", "h3"]);
+        assert!(KeySet::union([]).is_empty());
     }
 
     #[test]

@@ -20,7 +20,7 @@ pub mod secret;
 pub mod ticket;
 pub mod verify;
 
-pub use keys::{KeyError, KeySet, KeySource, Watched};
+pub use keys::{KeyError, KeySet, KeySource, KeyUnion, Watched};
 pub use secret::{Secret, same_secret};
 pub use ticket::{Ticket, TicketClaims, TicketSigner, generate_ed25519_pem};
 pub use verify::{AppClaims, AppTokens, Refusal, Rules, Tickets};

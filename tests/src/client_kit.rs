@@ -26,6 +26,8 @@ pub struct GatewayOpts {
     pub auth_secret: Option<String>,
     /// `--tls-cert` and `--tls-key` PEM files (TLS on both listeners).
     pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// More flags, as given (auth modes and their keys, for the identity scenarios).
+    pub args: Vec<String>,
 }
 
 /// A running `switchyard-gateway`.
@@ -79,6 +81,7 @@ impl GatewayProc {
             if let Some((cert, key)) = &opts.tls {
                 cmd.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
             }
+            cmd.args(&opts.args);
             cmd.arg("--no-register");
             cmd
         };

@@ -11,14 +11,27 @@ use switchyard_tests::init_tracing;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kick_is_terminal_and_never_reconnects() {
     init_tracing();
-    let a = GatewayProc::start("gw-a", &GatewayOpts::default()).await;
+    // Only a proven identity kicks an existing session (an anonymous one joins beside it).
+    let a = GatewayProc::start(
+        "gw-a",
+        &GatewayOpts {
+            auth_secret: Some("s3cret".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let token = switchyard_gateway_agent::gateway::HmacAuth::new("s3cret")
+        .token("default", "dup-user", switchyard_identity::unix_now() + 600)
+        .unwrap();
     let first = fast_client("dup-user")
+        .token(token.clone())
         .bootstrap([a.gateway()])
         .build()
         .unwrap();
     let _m1 = first.connect().await.unwrap();
     // The same account logs in elsewhere: the gateway kicks the old session.
     let second = fast_client("dup-user")
+        .token(token)
         .bootstrap([a.gateway()])
         .build()
         .unwrap();

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use switchyard_gateway_agent::gateway::{Config, HmacAuth, KickPolicy, PushError};
+use switchyard_identity::Secret;
 use switchyard_proto::v1;
 use switchyard_proto::wire::Frame;
 use switchyard_tests::rawclient::{BOTH, Event, Proto, RawClient, TestGateway, encode};
@@ -104,9 +105,10 @@ async fn no_hello_in_time_or_wrong_first_frame_closes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_hello_and_auth_are_rejected() {
     let mut cfg = fast();
-    cfg.auth_secret = Some(b"s3cret".to_vec());
+    cfg.auth.auth_secret = Some(Secret::new("s3cret"));
+    cfg.auth.hmac_legacy = true;
     let gw = TestGateway::with_config(cfg).await;
-    let token = HmacAuth::new("s3cret").token("u1");
+    let token = HmacAuth::new("s3cret").legacy_token("u1");
     for proto in BOTH {
         let mut c = RawClient::connect(proto, gw.addr(proto)).await;
         match c.hello("", "").await {
@@ -186,13 +188,28 @@ async fn heartbeat_check_can_be_switched_off() {
     assert_eq!(gw.hub.connections(), 1);
 }
 
+/// A proven identity replaces its old session (an anonymous one does not: see
+/// gateway_identity.rs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_login_kicks_the_first() {
-    let gw = TestGateway::with_config(fast()).await;
+    let mut cfg = fast();
+    cfg.auth.auth_secret = Some(Secret::new("s3cret"));
+    let gw = TestGateway::with_config(cfg).await;
+    let token = HmacAuth::new("s3cret")
+        .token("default", "same", switchyard_identity::unix_now() + 600)
+        .unwrap();
+    let login = |proto, addr| {
+        let token = token.clone();
+        async move {
+            let mut c = RawClient::connect(proto, addr).await;
+            assert!(matches!(c.hello("same", &token).await, Frame::Welcome(_)));
+            c
+        }
+    };
     for proto in BOTH {
         let addr = gw.addr(proto);
-        let (mut old, _) = RawClient::login(proto, addr, "same").await;
-        let (mut new, _) = RawClient::login(proto, addr, "same").await;
+        let mut old = login(proto, addr).await;
+        let mut new = login(proto, addr).await;
         match old.frame(T).await {
             Frame::Kick(k) => assert_eq!(k.code, v1::KickCode::LoggedInElsewhere as i32),
             other => panic!("{proto:?}: expected KICK, got {other:?}"),
@@ -313,7 +330,7 @@ async fn over_capacity_gets_overloaded() {
     cfg.capacity = 2;
     cfg.heartbeat_check = false;
     let gw = TestGateway::with_config(cfg).await;
-    let _a = RawClient::login(Proto::Tcp, gw.tcp, "a").await;
+    let (_a, welcome_a) = RawClient::login(Proto::Tcp, gw.tcp, "a").await;
     let _b = RawClient::login(Proto::Ws, gw.ws, "b").await;
     for proto in BOTH {
         let mut c = RawClient::connect(proto, gw.addr(proto)).await;
@@ -325,8 +342,16 @@ async fn over_capacity_gets_overloaded() {
             other => panic!("{proto:?}: expected REJECT, got {other:?}"),
         }
     }
-    // Kick-old replacing its own session does not need a free slot.
-    let _a2 = RawClient::login(Proto::Tcp, gw.tcp, "a").await;
+    // Kick-old replacing its own session does not need a free slot (an anonymous client
+    // replaces only the session it resumes by session_id).
+    let mut a2 = RawClient::connect(Proto::Tcp, gw.tcp).await;
+    a2.send(&Frame::Hello(v1::Hello {
+        client_id: "a".into(),
+        session_id: welcome_a.session_id,
+        ..Default::default()
+    }))
+    .await;
+    assert!(matches!(a2.frame(T).await, Frame::Welcome(_)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,8 +14,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Parser;
 use switchyard_gateway_agent::agent::{self, RegistryArgs};
-use switchyard_gateway_agent::gateway::{self, Gateway, KickPolicy, Listeners};
+use switchyard_gateway_agent::gateway::{self, AuthMode, Gateway, KickPolicy, Listeners};
 use switchyard_gateway_agent::{ops_router, raise_fd_limit, serve_ops};
+use switchyard_identity::Secret;
 use switchyard_proto::limits::DEFAULT_MAX_FRAME;
 use switchyard_registry::Addrs;
 use switchyard_registry::cli;
@@ -84,9 +85,38 @@ struct Flags {
     /// kick-old | reject-new | allow-many.
     #[arg(long, env = "SWITCHYARD_KICK_POLICY", default_value = "kick-old")]
     kick_policy: KickPolicy,
-    /// HELLO tokens must be hex(HMAC-SHA256(secret, client_id)).
+    /// Auth modes in the order tried, e.g. ticket,jwt (ticket | jwt | hmac); a HELLO passes
+    /// if any accepts it. Default: every mode whose keys are given.
+    #[arg(long, env = "SWITCHYARD_AUTH", value_delimiter = ',')]
+    auth: Vec<AuthMode>,
+    /// ticket mode: JWKS file of the routers' public ticket keys (re-read when it changes).
+    #[arg(long, env = "SWITCHYARD_TICKET_JWKS")]
+    ticket_jwks: Option<PathBuf>,
+    /// ticket mode: a router's http://host:port/v1/ticket-keys (repeatable; fetched at
+    /// start, every 30 s, and when a ticket names an unknown key).
+    #[arg(long, env = "SWITCHYARD_TICKET_JWKS_URL", value_delimiter = ',')]
+    ticket_jwks_url: Vec<String>,
+    /// jwt mode: JWKS file of the app's token keys (re-read when it changes).
+    #[arg(long, env = "SWITCHYARD_APP_JWKS")]
+    app_jwks: Option<PathBuf>,
+    /// jwt mode: accepted `aud` values of app tokens (repeatable; default: not checked).
+    #[arg(long, env = "SWITCHYARD_APP_AUDIENCE", value_delimiter = ',')]
+    app_audience: Vec<String>,
+    /// jwt mode: accepted `iss` values of app tokens (repeatable; default: not checked).
+    #[arg(long, env = "SWITCHYARD_APP_ISSUER", value_delimiter = ',')]
+    app_issuer: Vec<String>,
+    /// hmac mode: the secret of kid "default" (prefer --auth-secret-file: a flag shows in ps).
     #[arg(long, env = "SWITCHYARD_AUTH_SECRET", hide_env_values = true)]
     auth_secret: Option<String>,
+    /// hmac mode: file of `kid secret` lines (re-read when it changes).
+    #[arg(long, env = "SWITCHYARD_AUTH_SECRET_FILE")]
+    auth_secret_file: Option<PathBuf>,
+    /// hmac mode: also accept the old never-expiring hex(HMAC-SHA256(secret, client_id)).
+    #[arg(long, env = "SWITCHYARD_HMAC_LEGACY")]
+    hmac_legacy: bool,
+    /// Admit logins nobody verified on non-loopback listeners (no auth mode).
+    #[arg(long, env = "SWITCHYARD_ALLOW_ANONYMOUS")]
+    allow_anonymous: bool,
     /// PEM certificate chain: both listeners speak TLS.
     #[arg(long, env = "SWITCHYARD_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -122,7 +152,18 @@ impl Flags {
         c.capacity = self.capacity;
         c.drain_window = self.drain_window;
         c.kick_policy = self.kick_policy;
-        c.auth_secret = self.auth_secret.clone().map(String::into_bytes);
+        c.auth = gateway::AuthConfig {
+            modes: self.auth.clone(),
+            ticket_jwks: self.ticket_jwks.clone(),
+            ticket_jwks_urls: self.ticket_jwks_url.clone(),
+            app_jwks: self.app_jwks.clone(),
+            app_audience: self.app_audience.clone(),
+            app_issuer: self.app_issuer.clone(),
+            auth_secret: self.auth_secret.clone().map(Secret::new),
+            auth_secret_file: self.auth_secret_file.clone(),
+            hmac_legacy: self.hmac_legacy,
+            allow_anonymous: self.allow_anonymous,
+        };
         if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
             c.tls = Some(gateway::load_tls(cert, key)?);
         }
@@ -157,6 +198,8 @@ impl Flags {
 struct Settings {
     /// The gateway server's configuration.
     gateway: gateway::Config,
+    /// The auth modes in force, with their key files read (validated before start).
+    modes: Vec<&'static str>,
     /// The embedded agent's, `None` with `--no-register`; its addresses are filled in once
     /// the listeners are bound (a port 0 becomes a real port).
     agent: Option<agent::Config>,
@@ -166,13 +209,25 @@ impl Flags {
     /// Any error here is a usage error (exit 2).
     fn settings(&self) -> anyhow::Result<Settings> {
         let gateway = self.gateway().context("invalid gateway settings")?;
+        let modes = gateway::Authenticator::from_config(&gateway.auth, &gateway.gateway_id)
+            .context("invalid auth settings")?
+            .modes();
         let agent = if self.no_register {
             None
         } else {
             let addrs = self.addrs(self.listen, self.ws_listen)?;
             Some(self.registry.config(addrs, self.capacity)?)
         };
-        Ok(Settings { gateway, agent })
+        // After the registration checks: a missing --advertise is the first thing to fix.
+        let listen: Vec<SocketAddr> = std::iter::once(self.listen).chain(self.ws_listen).collect();
+        gateway
+            .check_exposure(&listen)
+            .context("invalid gateway settings")?;
+        Ok(Settings {
+            gateway,
+            modes,
+            agent,
+        })
     }
 }
 
@@ -189,8 +244,13 @@ async fn main() -> ExitCode {
             || "not registered".to_owned(),
             |a| format!("registers {} in {}", a.id, a.region),
         );
+        let auth = if settings.modes.is_empty() {
+            "none (anonymous)".to_owned()
+        } else {
+            settings.modes.join(",")
+        };
         println!(
-            "{BIN}: configuration ok: listen {}, capacity {}, {registered}",
+            "{BIN}: configuration ok: listen {}, capacity {}, auth {auth}, {registered}",
             flags.listen, settings.gateway.capacity
         );
         return ExitCode::SUCCESS;
@@ -207,6 +267,7 @@ async fn main() -> ExitCode {
 async fn run(flags: Flags, settings: Settings) -> anyhow::Result<()> {
     let Settings {
         gateway: config,
+        modes,
         agent: agent_config,
     } = settings;
     match raise_fd_limit() {
@@ -246,6 +307,9 @@ async fn run(flags: Flags, settings: Settings) -> anyhow::Result<()> {
     let ws_addr = ws.as_ref().map(TcpListener::local_addr).transpose()?;
 
     let gw = Gateway::new(config)?;
+    // Before registering: routers send clients only once their tickets can be checked.
+    gw.load_keys().await?;
+    info!(modes = ?modes, "auth");
     let hub = gw.hub();
     let agent = if let Some(mut agent_config) = agent_config {
         agent_config.addrs = flags.addrs(tcp_addr, ws_addr)?;

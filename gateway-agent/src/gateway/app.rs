@@ -1,7 +1,10 @@
-//! The application hook: what the gateway does with DATA frames.
+//! The application hook: what the gateway does with DATA frames, and an application's
+//! own login check.
 
 use bytes::Bytes;
+use switchyard_proto::v1;
 
+use super::auth::{Identity, Refusal};
 use super::hub::SessionHandle;
 
 /// Why the application refused a DATA frame; the frame is not acknowledged and the
@@ -24,6 +27,16 @@ pub trait App: Send + Sync + 'static {
 
     /// A session ended.
     fn on_close(&self, _session: &SessionHandle) {}
+
+    /// The application's own auth mode, tried before the configured ones (`--auth`):
+    /// `None` = no opinion (the configured modes decide), `Some(Ok)` admits the identity
+    /// (its `client_id` must be the HELLO's), `Some(Err)` is this mode's refusal — the
+    /// HELLO still passes if a configured mode accepts it. Runs on the connection's task:
+    /// keep it quick. The start-up check for non-loopback listeners cannot see this mode:
+    /// an application relying on it alone sets `AuthConfig::allow_anonymous`.
+    fn authenticate(&self, _hello: &v1::Hello) -> Option<Result<Identity, Refusal>> {
+        None
+    }
 }
 
 /// The default hook: sends every payload back to its session.

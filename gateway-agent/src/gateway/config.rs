@@ -1,11 +1,16 @@
 //! Validated settings of the reference gateway.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use switchyard_identity::Secret;
 use switchyard_proto::limits::{DEFAULT_MAX_FRAME, MAX_PING_PAYLOAD};
+
+use super::auth::AuthMode;
 
 /// What happens when a `client_id` that already has a session logs in again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -90,8 +95,8 @@ pub struct Config {
     pub drain_window: Duration,
     /// What a second login of the same `client_id` does.
     pub kick_policy: KickPolicy,
-    /// With a secret, HELLO tokens must be `hex(HMAC-SHA256(secret, client_id))`.
-    pub auth_secret: Option<Vec<u8>>,
+    /// How HELLOs are authenticated (DESIGN contract 5).
+    pub auth: AuthConfig,
     /// With a server config, both listeners speak TLS.
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -114,7 +119,7 @@ impl Config {
             capacity: 100_000,
             drain_window: Duration::from_secs(30),
             kick_policy: KickPolicy::KickOld,
-            auth_secret: None,
+            auth: AuthConfig::default(),
             tls: None,
         }
     }
@@ -160,7 +165,123 @@ impl Config {
         if self.capacity == 0 {
             return Err(invalid("capacity", "must be > 0"));
         }
-        if self.auth_secret.as_ref().is_some_and(Vec::is_empty) {
+        self.auth.validate()
+    }
+
+    /// A gateway that anyone on the network can reach must verify who logs in: listening
+    /// on a non-loopback address with no auth mode is refused unless `allow_anonymous`.
+    pub fn check_exposure(&self, listen: &[SocketAddr]) -> Result<(), ConfigError> {
+        if self.auth.allow_anonymous || !self.auth.effective_modes().is_empty() {
+            return Ok(());
+        }
+        match listen.iter().find(|a| !a.ip().is_loopback()) {
+            None => Ok(()),
+            Some(a) => Err(invalid(
+                "auth",
+                format!(
+                    "listening on {a} (not loopback) with no auth mode: anyone could log in as any client; \
+                     give --ticket-jwks/--ticket-jwks-url, --app-jwks or --auth-secret[-file], or --allow-anonymous"
+                ),
+            )),
+        }
+    }
+}
+
+/// How HELLOs are authenticated: which modes, in which order, with which keys. Keys are
+/// read when the gateway is built ([`super::Authenticator::from_config`]).
+#[derive(Debug, Clone, Default)]
+pub struct AuthConfig {
+    /// Modes in the order tried; empty = every mode whose keys are given, in the order
+    /// ticket, jwt, hmac (so giving keys is enough to turn a mode on).
+    pub modes: Vec<AuthMode>,
+    /// JWKS file of the routers' ticket keys, re-read when it changes.
+    pub ticket_jwks: Option<PathBuf>,
+    /// The routers' `http://host:port/v1/ticket-keys` URLs, fetched and kept fresh.
+    pub ticket_jwks_urls: Vec<String>,
+    /// JWKS file of the keys the app's login service signs its tokens with.
+    pub app_jwks: Option<PathBuf>,
+    /// Accepted `aud` of app tokens (empty: not checked), so tokens for another service
+    /// of the same issuer do not log in here.
+    pub app_audience: Vec<String>,
+    /// Accepted `iss` of app tokens (empty: not checked).
+    pub app_issuer: Vec<String>,
+    /// HMAC secret of kid `default`.
+    pub auth_secret: Option<Secret>,
+    /// HMAC secrets by kid (`kid secret` lines), re-read when it changes; wins over
+    /// `auth_secret`.
+    pub auth_secret_file: Option<PathBuf>,
+    /// Also accept the old never-expiring HMAC token, during a migration only.
+    pub hmac_legacy: bool,
+    /// Admit HELLOs nobody verified even on non-loopback listeners (the operator says so).
+    pub allow_anonymous: bool,
+}
+
+impl AuthConfig {
+    /// Whether `mode` has its keys.
+    fn has_keys(&self, mode: AuthMode) -> bool {
+        match mode {
+            AuthMode::Ticket => self.ticket_jwks.is_some() || !self.ticket_jwks_urls.is_empty(),
+            AuthMode::Jwt => self.app_jwks.is_some(),
+            AuthMode::Hmac => self.auth_secret.is_some() || self.auth_secret_file.is_some(),
+        }
+    }
+
+    /// The modes in force, in the order tried.
+    pub fn effective_modes(&self) -> Vec<AuthMode> {
+        if self.modes.is_empty() {
+            [AuthMode::Ticket, AuthMode::Jwt, AuthMode::Hmac]
+                .into_iter()
+                .filter(|m| self.has_keys(*m))
+                .collect()
+        } else {
+            self.modes.clone()
+        }
+    }
+
+    /// Every mode named has its keys, no mode twice, no setting without its mode.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (i, m) in self.modes.iter().enumerate() {
+            if self.modes[..i].contains(m) {
+                return Err(invalid("auth", format!("{} given twice", m.name())));
+            }
+            if !self.has_keys(*m) {
+                let needs = match m {
+                    AuthMode::Ticket => "--ticket-jwks or --ticket-jwks-url",
+                    AuthMode::Jwt => "--app-jwks",
+                    AuthMode::Hmac => "--auth-secret or --auth-secret-file",
+                };
+                return Err(invalid("auth", format!("mode {} needs {needs}", m.name())));
+            }
+        }
+        let modes = self.effective_modes();
+        let unused = |mode: AuthMode, field: &'static str, given: bool| {
+            if given && !modes.contains(&mode) {
+                Err(invalid(
+                    field,
+                    format!("given, but mode {} is not in --auth", mode.name()),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        unused(
+            AuthMode::Ticket,
+            "ticket_jwks",
+            self.has_keys(AuthMode::Ticket),
+        )?;
+        unused(AuthMode::Jwt, "app_jwks", self.app_jwks.is_some())?;
+        unused(
+            AuthMode::Jwt,
+            "app_audience",
+            !self.app_audience.is_empty() || !self.app_issuer.is_empty(),
+        )?;
+        unused(AuthMode::Hmac, "auth_secret", self.has_keys(AuthMode::Hmac))?;
+        unused(AuthMode::Hmac, "hmac_legacy", self.hmac_legacy)?;
+        if self
+            .auth_secret
+            .as_ref()
+            .is_some_and(|s| s.expose().is_empty())
+        {
             return Err(invalid("auth_secret", "empty"));
         }
         Ok(())
@@ -241,5 +362,51 @@ mod tests {
             "allow-many".parse::<KickPolicy>().unwrap(),
             KickPolicy::AllowMany
         );
+    }
+
+    #[test]
+    fn auth_modes_default_to_the_keys_given_and_need_their_keys() {
+        let mut a = AuthConfig::default();
+        assert!(a.effective_modes().is_empty());
+        a.auth_secret = Some(Secret::new("s"));
+        a.ticket_jwks_urls = vec!["http://r:7101/v1/ticket-keys".into()];
+        assert_eq!(a.effective_modes(), [AuthMode::Ticket, AuthMode::Hmac]);
+        a.validate().unwrap();
+        a.modes = vec![AuthMode::Hmac, AuthMode::Ticket];
+        assert_eq!(a.effective_modes(), [AuthMode::Hmac, AuthMode::Ticket]);
+        a.validate().unwrap();
+        a.modes = vec![AuthMode::Jwt];
+        assert!(a.validate().unwrap_err().to_string().contains("--app-jwks"));
+        a.modes = vec![AuthMode::Hmac, AuthMode::Hmac];
+        assert!(a.validate().is_err());
+        a.modes = vec![AuthMode::Hmac];
+        assert!(
+            a.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("ticket_jwks"),
+            "keys without their mode"
+        );
+        let b = AuthConfig {
+            hmac_legacy: true,
+            ..AuthConfig::default()
+        };
+        assert!(b.validate().is_err());
+        assert!("nope".parse::<AuthMode>().is_err());
+    }
+
+    #[test]
+    fn non_loopback_listeners_need_an_auth_mode_or_allow_anonymous() {
+        let lo: SocketAddr = "127.0.0.1:7200".parse().unwrap();
+        let any: SocketAddr = "0.0.0.0:7200".parse().unwrap();
+        let mut c = Config::new("gw-1");
+        c.check_exposure(&[lo]).unwrap();
+        let e = c.check_exposure(&[lo, any]).unwrap_err();
+        assert!(e.to_string().contains("--allow-anonymous"), "{e}");
+        c.auth.allow_anonymous = true;
+        c.check_exposure(&[any]).unwrap();
+        c.auth.allow_anonymous = false;
+        c.auth.auth_secret = Some(Secret::new("s"));
+        c.check_exposure(&[any]).unwrap();
     }
 }

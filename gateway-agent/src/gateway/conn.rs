@@ -19,13 +19,17 @@ use tokio::time::{Instant, timeout, timeout_at};
 use tracing::{debug, info};
 
 use super::Shared;
-use super::auth::AuthError;
+use super::auth::{AuthError, Identity, Refusal, count_refusal, login};
 use super::hub::{Admission, Control, SessionHandle};
 use super::session::{AckTracker, Action, on_client_frame};
 use super::transport::{BoxIo, Incoming, RecvError, Transport};
 
 /// How long a closing connection waits for the client to read the last frame and hang up.
 const LINGER: Duration = Duration::from_secs(1);
+
+/// Longest a HELLO whose ticket names an unknown key waits for the keys to be fetched
+/// again (a rotation that just began), within the HELLO deadline.
+const KEY_WAIT: Duration = Duration::from_secs(2);
 
 fn closed(reason: &'static str) {
     metrics::counter!("switchyard_gateway_closed_total", "reason" => reason).increment(1);
@@ -112,14 +116,15 @@ pub(crate) async fn serve_io(io: BoxIo, peer: SocketAddr, websocket: bool, share
         }
     };
 
-    if let Err(e) = shared.auth.check(&hello) {
-        let code = match e {
-            AuthError::BadHello(_) => v1::RejectCode::BadHello,
-            AuthError::Denied(_) => v1::RejectCode::Auth,
-        };
-        info!(%peer, client_id = %hello.client_id, error = %e, "login refused");
-        return Box::pin(reject(transport, code, e.to_string(), 0, &shared)).await;
-    }
+    let identity = match Box::pin(authenticate(&shared, &hello, deadline)).await {
+        Ok(id) => id,
+        Err(e) => {
+            info!(%peer, client_id = %hello.client_id, error = %e, "login refused");
+            count_refusal(&e);
+            let code = e.reject_code();
+            return Box::pin(reject(transport, code, e.reason(), 0, &shared)).await;
+        }
+    };
 
     // A longer client-chosen id gets a fresh one rather than a refusal.
     let session_id = if !hello.session_id.is_empty() && hello.session_id.len() <= MAX_SESSION_ID {
@@ -131,6 +136,7 @@ pub(crate) async fn serve_io(io: BoxIo, peer: SocketAddr, websocket: bool, share
     let (handle, data_rx) = SessionHandle::new(
         hello.client_id.clone(),
         session_id,
+        identity.mode,
         key,
         cfg.send_queue,
         cfg.slow_client_timeout,
@@ -208,6 +214,32 @@ pub(crate) async fn serve_io(io: BoxIo, peer: SocketAddr, websocket: bool, share
             closed(reason);
         }
     }
+}
+
+/// The login check; a ticket signed by a key nobody has fetched yet waits (bounded) for
+/// the keys to be fetched again and is checked once more, so the first ticket of a
+/// rotated-in key is admitted.
+async fn authenticate(
+    shared: &Shared,
+    hello: &v1::Hello,
+    deadline: Instant,
+) -> Result<Identity, AuthError> {
+    let first = login(&*shared.auth, &*shared.app, hello);
+    let unknown_key = matches!(
+        &first,
+        Err(AuthError::Refused {
+            refusal: Refusal::UnknownKey(_),
+            ..
+        })
+    );
+    if !unknown_key {
+        return first;
+    }
+    let Some(refreshed) = shared.auth.keys_refreshed() else {
+        return first;
+    };
+    let _ = timeout_at(deadline.min(Instant::now() + KEY_WAIT), refreshed).await;
+    login(&*shared.auth, &*shared.app, hello)
 }
 
 fn recv_failed(peer: &SocketAddr, e: &RecvError) {

@@ -63,8 +63,12 @@ pub struct SessionHandle {
 struct HandleInner {
     /// The login name from HELLO; the hub's key.
     client_id: String,
-    /// Sent in WELCOME; lets a client and the logs tell sessions apart.
+    /// Sent in WELCOME; lets a client and the logs tell sessions apart, and lets an
+    /// anonymous client resume (replace) its own session.
     session_id: String,
+    /// The auth mode that proved `client_id` ([`super::auth::ANONYMOUS`] if none): only a
+    /// proven identity may kick another session of the same client_id.
+    auth_mode: &'static str,
     /// Hub-unique number, so removing an old session never removes its successor.
     key: u64,
     /// Bounded: the per-connection memory limit.
@@ -81,6 +85,7 @@ impl SessionHandle {
     pub(crate) fn new(
         client_id: String,
         session_id: String,
+        auth_mode: &'static str,
         key: u64,
         queue: usize,
         slow_client_timeout: Duration,
@@ -93,6 +98,7 @@ impl SessionHandle {
         let inner = HandleInner {
             client_id,
             session_id,
+            auth_mode,
             key,
             data,
             control,
@@ -115,6 +121,16 @@ impl SessionHandle {
     /// The session id sent in WELCOME.
     pub fn session_id(&self) -> &str {
         &self.inner.session_id
+    }
+
+    /// How the client proved its `client_id`: `ticket`, `jwt`, `hmac`, an application's
+    /// mode, or `anonymous`.
+    pub fn auth_mode(&self) -> &'static str {
+        self.inner.auth_mode
+    }
+
+    fn is_authenticated(&self) -> bool {
+        self.inner.auth_mode != super::auth::ANONYMOUS
     }
 
     pub(crate) fn key(&self) -> u64 {
@@ -197,10 +213,10 @@ impl SessionHandle {
 /// The outcome of a HELLO that passed auth.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Admission {
-    /// Welcome it; kick the sessions the same client already has (kick-old).
+    /// Welcome it, after kicking the sessions it replaces (kick-old).
     Accept {
-        /// Whether existing sessions of that client are to be kicked.
-        kick_existing: bool,
+        /// How many existing sessions of that client are kicked.
+        replaced: usize,
     },
     /// `REJECT{DRAINING}`.
     Draining,
@@ -210,15 +226,18 @@ pub(crate) enum Admission {
     Duplicate,
 }
 
-/// Pure admission rule. `existing` = sessions this client already has, `total` = all
-/// sessions. Draining wins; a kick-old login replacing its own sessions never counts
-/// against capacity twice.
+/// Pure admission rule. `existing` = sessions this client already has, `replaceable` =
+/// those of them the newcomer may kick (all of them for a proven identity; for an
+/// anonymous one only the session it resumes by `session_id`), `total` = all sessions.
+/// Draining wins; a kick-old login replacing its own sessions never counts against
+/// capacity twice.
 pub(crate) fn admit(
     policy: KickPolicy,
     draining: bool,
     capacity: u64,
     total: usize,
     existing: usize,
+    replaceable: usize,
 ) -> Admission {
     if draining {
         return Admission::Draining;
@@ -226,12 +245,16 @@ pub(crate) fn admit(
     if existing > 0 && policy == KickPolicy::RejectNew {
         return Admission::Duplicate;
     }
-    let kick_existing = existing > 0 && policy == KickPolicy::KickOld;
-    let after = total - if kick_existing { existing } else { 0 } + 1;
+    let replaced = if policy == KickPolicy::KickOld {
+        replaceable
+    } else {
+        0
+    };
+    let after = total - replaced + 1;
     if after as u64 > capacity {
         return Admission::Overloaded;
     }
-    Admission::Accept { kick_existing }
+    Admission::Accept { replaced }
 }
 
 /// Every live session of one gateway, keyed by `client_id`. Cheap to clone; this is the
@@ -293,10 +316,18 @@ impl Hub {
     }
 
     /// Admits `session` or says why not. On kick-old, the replaced sessions are told to
-    /// close with `KICK{LOGGED_IN_ELSEWHERE}` and leave the map at once.
+    /// close with `KICK{LOGGED_IN_ELSEWHERE}` and leave the map at once. Only a proven
+    /// identity replaces every session of its client_id: an anonymous newcomer replaces
+    /// only the session whose `session_id` it resumes (which only the real client knows)
+    /// and otherwise joins beside the others, so a stranger cannot kick the real user off.
     pub(crate) fn register(&self, session: &SessionHandle) -> Admission {
         let mut map = self.inner.sessions.lock();
-        let existing = map.get(session.client_id()).map_or(0, Vec::len);
+        let may_replace = |old: &SessionHandle| {
+            session.is_authenticated() || old.session_id() == session.session_id()
+        };
+        let (existing, replaceable) = map.get(session.client_id()).map_or((0, 0), |l| {
+            (l.len(), l.iter().filter(|o| may_replace(o)).count())
+        });
         let total = self.inner.count.load(Ordering::Relaxed);
         let decision = admit(
             self.inner.policy,
@@ -304,21 +335,28 @@ impl Hub {
             self.inner.capacity,
             total,
             existing,
+            replaceable,
         );
-        if let Admission::Accept { kick_existing } = decision {
+        if let Admission::Accept { replaced } = decision {
             let list = map.entry(session.client_id().to_owned()).or_default();
-            if kick_existing {
-                for old in list.drain(..) {
+            if replaced > 0 {
+                list.retain(|old| {
+                    if !may_replace(old) {
+                        return true;
+                    }
                     old.kick(
                         v1::KickCode::LoggedInElsewhere,
                         "the same client_id logged in again",
                     );
                     metrics::counter!("switchyard_gateway_kicks_total", "reason" => "logged_in_elsewhere")
                         .increment(1);
-                }
+                    false
+                });
+            } else if existing > 0 && self.inner.policy == KickPolicy::KickOld {
+                metrics::counter!("switchyard_gateway_anonymous_duplicates_total").increment(1);
             }
             list.push(session.clone());
-            let n = total - if kick_existing { existing } else { 0 } + 1;
+            let n = total - replaced + 1;
             self.inner.count.store(n, Ordering::Relaxed);
             metrics::gauge!("switchyard_gateway_connections").set(n as f64);
         }
@@ -409,11 +447,17 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gateway::auth::ANONYMOUS;
 
     fn session(hub_key: u64, id: &str) -> SessionHandle {
+        anonymous(hub_key, id, &format!("s{hub_key}"), "ticket")
+    }
+
+    fn anonymous(hub_key: u64, id: &str, session_id: &str, mode: &'static str) -> SessionHandle {
         let (h, _data) = SessionHandle::new(
             id.into(),
-            format!("s{hub_key}"),
+            session_id.into(),
+            mode,
             hub_key,
             2,
             Duration::from_secs(1),
@@ -425,29 +469,20 @@ mod tests {
     fn admission_rule() {
         use Admission::*;
         let p = KickPolicy::KickOld;
-        assert_eq!(admit(p, true, 10, 0, 0), Draining);
-        assert_eq!(
-            admit(p, false, 10, 9, 0),
-            Accept {
-                kick_existing: false
-            }
-        );
-        assert_eq!(admit(p, false, 10, 10, 0), Overloaded);
+        assert_eq!(admit(p, true, 10, 0, 0, 0), Draining);
+        assert_eq!(admit(p, false, 10, 9, 0, 0), Accept { replaced: 0 });
+        assert_eq!(admit(p, false, 10, 10, 0, 0), Overloaded);
         // Replacing its own session at full capacity is fine.
+        assert_eq!(admit(p, false, 10, 10, 1, 1), Accept { replaced: 1 });
+        // An anonymous newcomer that resumes nothing joins beside the session.
+        assert_eq!(admit(p, false, 10, 9, 1, 0), Accept { replaced: 0 });
+        assert_eq!(admit(p, false, 10, 10, 1, 0), Overloaded);
+        assert_eq!(admit(KickPolicy::RejectNew, false, 10, 1, 1, 1), Duplicate);
         assert_eq!(
-            admit(p, false, 10, 10, 1),
-            Accept {
-                kick_existing: true
-            }
+            admit(KickPolicy::AllowMany, false, 10, 1, 1, 1),
+            Accept { replaced: 0 }
         );
-        assert_eq!(admit(KickPolicy::RejectNew, false, 10, 1, 1), Duplicate);
-        assert_eq!(
-            admit(KickPolicy::AllowMany, false, 10, 1, 1),
-            Accept {
-                kick_existing: false
-            }
-        );
-        assert_eq!(admit(KickPolicy::AllowMany, false, 2, 2, 1), Overloaded);
+        assert_eq!(admit(KickPolicy::AllowMany, false, 2, 2, 1, 1), Overloaded);
     }
 
     #[tokio::test]
@@ -458,9 +493,7 @@ mod tests {
         assert!(matches!(hub.register(&a), Admission::Accept { .. }));
         assert!(matches!(
             hub.register(&b),
-            Admission::Accept {
-                kick_existing: true
-            }
+            Admission::Accept { replaced: 1 }
         ));
         assert_eq!(hub.connections(), 1);
         assert!(
@@ -472,6 +505,28 @@ mod tests {
         assert_eq!(hub.sessions_of("u1")[0].key(), 2);
         hub.unregister(&b);
         assert_eq!(hub.connections(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_anonymous_login_kicks_only_the_session_it_resumes() {
+        let hub = Hub::new(KickPolicy::KickOld, 10);
+        let real = anonymous(1, "u1", "s-real", ANONYMOUS);
+        hub.register(&real);
+        // A stranger with the same client_id: joins, kicks nobody.
+        let stranger = anonymous(2, "u1", "s-other", ANONYMOUS);
+        assert_eq!(hub.register(&stranger), Admission::Accept { replaced: 0 });
+        assert!(real.try_control().is_none(), "the real session stays");
+        assert_eq!(hub.connections(), 2);
+        // The real client back with its session_id replaces its own session only.
+        let resumed = anonymous(3, "u1", "s-real", ANONYMOUS);
+        assert_eq!(hub.register(&resumed), Admission::Accept { replaced: 1 });
+        assert!(matches!(real.try_control(), Some(Control::Kick(_))));
+        assert!(stranger.try_control().is_none());
+        assert_eq!(hub.connections(), 2);
+        // A proven identity replaces them all.
+        let proven = anonymous(4, "u1", "s-new", "ticket");
+        assert_eq!(hub.register(&proven), Admission::Accept { replaced: 2 });
+        assert_eq!(hub.connections(), 1);
     }
 
     #[tokio::test]
@@ -499,7 +554,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn full_queue_fails_fast_then_closes_a_slow_client() {
         let hub = Hub::new(KickPolicy::AllowMany, 10);
-        let (a, _data) = SessionHandle::new("u1".into(), "s".into(), 1, 1, Duration::from_secs(1));
+        let (a, _data) = SessionHandle::new(
+            "u1".into(),
+            "s".into(),
+            "ticket",
+            1,
+            1,
+            Duration::from_secs(1),
+        );
         hub.register(&a);
         assert_eq!(hub.push("u1", Bytes::from_static(b"x")), Ok(1));
         assert_eq!(

@@ -7,9 +7,10 @@
 //! resolves the gateway drains (REJECT{DRAINING} for new logins, GOAWAY spread over the
 //! drain window, the rest closed) and `run` returns.
 //!
-//! Modules: `config` (settings), `auth` (HELLO check), `app` (DATA hook), `hub` (sessions
-//! by client id), `session` (pure rules), `transport` (TCP/WS framing), `conn` (the
-//! per-connection task), this file (accept loops and drain).
+//! Modules: `config` (settings), `auth` (HELLO check: auth modes and their combinator),
+//! `ticket_keys` (the routers' ticket keys over HTTP), `app` (DATA hook, custom auth),
+//! `hub` (sessions by client id), `session` (pure rules), `transport` (TCP/WS framing),
+//! `conn` (the per-connection task), this file (accept loops and drain).
 
 mod app;
 mod auth;
@@ -17,12 +18,19 @@ mod config;
 mod conn;
 mod hub;
 mod session;
+mod ticket_keys;
 mod transport;
 
 pub use app::{App, AppError, Echo};
-pub use auth::{AcceptAny, Auth, AuthError, HmacAuth};
-pub use config::{Config, ConfigError, KickPolicy, default_idle_timeout, load_tls, tls_from_der};
+pub use auth::{
+    ANONYMOUS, AcceptAny, Auth, AuthError, AuthMode, Authenticator, DEFAULT_KID, HmacAuth,
+    HmacKeys, Identity, JwtAuth, Refreshed, Refusal, TicketAuth,
+};
+pub use config::{
+    AuthConfig, Config, ConfigError, KickPolicy, default_idle_timeout, load_tls, tls_from_der,
+};
 pub use hub::{Broadcast, Hub, PushError, SessionHandle};
+pub use ticket_keys::UrlKeys;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -56,7 +64,17 @@ pub enum Error {
     /// Neither listener was given.
     #[error("no listener: give a TCP or a WebSocket listener")]
     NoListener,
+    /// Ticket mode has key URLs only, and none answered.
+    #[error("ticket keys: {0}")]
+    NoTicketKeys(String),
+    /// A listener's address could not be read.
+    #[error("listener address: {0}")]
+    Io(#[from] std::io::Error),
 }
+
+/// How long [`Gateway::load_keys`] waits for a router to publish its ticket keys: a
+/// gateway started beside its routers (compose, the demo) comes up once they do.
+pub const FIRST_KEYS_WAIT: Duration = Duration::from_secs(10);
 
 /// What every connection task shares.
 pub(crate) struct Shared {
@@ -88,8 +106,11 @@ pub struct Gateway {
     hub: Hub,
     /// DATA hook; [`Echo`] unless replaced.
     app: Arc<dyn App>,
-    /// HELLO check; [`HmacAuth`] with a secret, else [`AcceptAny`].
+    /// HELLO check: the built-in [`Authenticator`] unless replaced.
     auth: Arc<dyn Auth>,
+    /// The built-in check while it is the one in use: its remote keys are loaded before
+    /// serving, and the non-loopback rule applies to it.
+    builtin: Option<Arc<Authenticator>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -101,18 +122,20 @@ impl std::fmt::Debug for Gateway {
 }
 
 impl Gateway {
-    /// Validates `config`; the application hook is [`Echo`].
+    /// Validates `config` and reads the key files it names; the application hook is
+    /// [`Echo`]. Key URLs are fetched by [`Gateway::load_keys`].
     pub fn new(config: Config) -> Result<Self, Error> {
         config.validate()?;
-        let auth: Arc<dyn Auth> = match &config.auth_secret {
-            Some(secret) => Arc::new(HmacAuth::new(secret.clone())),
-            None => Arc::new(AcceptAny),
-        };
+        let builtin = Arc::new(Authenticator::from_config(
+            &config.auth,
+            &config.gateway_id,
+        )?);
         Ok(Self {
             hub: Hub::new(config.kick_policy, config.capacity),
             config,
             app: Arc::new(Echo),
-            auth,
+            auth: builtin.clone(),
+            builtin: Some(builtin),
         })
     }
 
@@ -122,10 +145,26 @@ impl Gateway {
         self
     }
 
-    /// Replaces the HELLO check.
+    /// Replaces the HELLO check (the configured modes are then unused; an application
+    /// adding a mode to them implements [`App::authenticate`] instead).
     pub fn with_auth(mut self, auth: Arc<dyn Auth>) -> Self {
         self.auth = auth;
+        self.builtin = None;
         self
+    }
+
+    /// Fetches the routers' ticket keys (`ticket_jwks_urls`) and keeps them fresh; waits
+    /// up to [`FIRST_KEYS_WAIT`] for one router to answer and fails if none did and no key
+    /// file stands in. Call it before registering, so routers send no client before the
+    /// gateway can check their tickets; [`Gateway::run`] calls it too (once is enough).
+    pub async fn load_keys(&self) -> Result<(), Error> {
+        match &self.builtin {
+            Some(b) => b
+                .load_keys(FIRST_KEYS_WAIT)
+                .await
+                .map_err(Error::NoTicketKeys),
+            None => Ok(()),
+        }
     }
 
     /// The session registry: push, broadcast, kick, count.
@@ -143,6 +182,14 @@ impl Gateway {
         if listeners.tcp.is_none() && listeners.ws.is_none() {
             return Err(Error::NoListener);
         }
+        if self.builtin.is_some() {
+            let mut addrs = Vec::new();
+            for l in [&listeners.tcp, &listeners.ws].into_iter().flatten() {
+                addrs.push(l.local_addr()?);
+            }
+            self.config.check_exposure(&addrs)?;
+        }
+        self.load_keys().await?;
         let shared = Arc::new(Shared {
             tls: self.config.tls.clone().map(tokio_rustls::TlsAcceptor::from),
             config: self.config,
