@@ -22,6 +22,8 @@ use switchyard_tests::{Child, Etcd, Launch, bin_path, eventually, init_tracing, 
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 const APP_TOKEN: &str = "app-token-for-the-router";
+/// The ops token: the only token (besides a client certificate) that reads the topology.
+const OPS_TOKEN: &str = "ops-token-for-the-test";
 
 const WELCOME: Answer = Answer::Welcome {
     heartbeat_interval_ms: 0,
@@ -119,6 +121,7 @@ impl Setup {
                     .args(["--listen", &format!("127.0.0.1:{grpc}")])
                     .args(["--http-listen", &format!("127.0.0.1:{http}")])
                     .args(["--route-token", APP_TOKEN])
+                    .args(["--admin-token", OPS_TOKEN])
                     .arg("--tls-cert")
                     .arg(&cert)
                     .arg("--tls-key")
@@ -154,7 +157,7 @@ impl Setup {
                 async move {
                     let mut c = setup.grpc().await?;
                     let list = c
-                        .list_gateways(with_token(pb::ListGatewaysRequest {}, APP_TOKEN))
+                        .list_gateways(with_token(pb::ListGatewaysRequest {}, OPS_TOKEN))
                         .await
                         .ok()?;
                     list.get_ref()
