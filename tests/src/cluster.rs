@@ -147,6 +147,13 @@ impl Cluster {
 
     /// Starts one more router and waits until it answers.
     pub async fn add_router(&mut self) -> usize {
+        let etcd = self.etcd.endpoint();
+        self.add_router_via(&etcd).await
+    }
+
+    /// Like [`Cluster::add_router`], with the router's `--etcd` set to `etcd` (e.g. a
+    /// [`crate::CutProxy`] in front of this cluster's etcd, to cut only the router off).
+    pub async fn add_router_via(&mut self, etcd: &str) -> usize {
         let addr = |p: u16| -> SocketAddr { SocketAddr::from(([127, 0, 0, 1], p)) };
         let launch = Launch {
             name: "switchyard-router",
@@ -158,7 +165,7 @@ impl Cluster {
             let mut cmd = Command::new(bin_path("switchyard-router"));
             cmd.args([
                 "--etcd",
-                &self.etcd.endpoint(),
+                etcd,
                 "--prefix",
                 self.prefix.as_str(),
             ])
@@ -202,7 +209,7 @@ impl Cluster {
             let mut cmd = Command::new(bin_path("switchyard-gateway"));
             cmd.args([
                 "--etcd",
-                &self.etcd.endpoint(),
+                etcd,
                 "--prefix",
                 self.prefix.as_str(),
             ])
