@@ -209,7 +209,7 @@ impl Cluster {
             let mut cmd = Command::new(bin_path("switchyard-gateway"));
             cmd.args([
                 "--etcd",
-                etcd,
+                &self.etcd.endpoint(),
                 "--prefix",
                 self.prefix.as_str(),
             ])

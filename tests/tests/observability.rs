@@ -11,7 +11,7 @@ use std::time::Duration;
 use switchyard_proto::v1::RouteRequest;
 use switchyard_proto::v1::router_client::RouterClient;
 use switchyard_tests::router::http_get;
-use switchyard_tests::{Cluster, GatewaySpec, eventually, init_tracing};
+use switchyard_tests::{Cluster, GatewaySpec, init_tracing};
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
@@ -146,34 +146,28 @@ async fn rules_and_dashboard_name_only_exported_metrics() {
             .map(|g| (g.spec.id.clone(), g.http)),
     );
 
-    // Gauges appear with the first view and the first record write: poll, bounded.
-    let scrapes = eventually(
-        Duration::from_secs(60),
-        "every rule and dashboard metric exported",
-        || {
-            let targets = targets.clone();
-            let wanted = wanted.clone();
-            async move {
-                let mut texts = Vec::new();
-                let mut exported = BTreeSet::new();
-                for (name, addr) in &targets {
-                    let (status, body) = http_get(*addr, "/metrics").await;
-                    if status != 200 {
-                        return None;
-                    }
-                    exported.extend(scraped_names(&body));
-                    texts.push((name.clone(), body));
-                }
-                let missing: Vec<&String> = wanted.difference(&exported).collect();
-                if !missing.is_empty() {
-                    tracing::info!(?missing, "not exported yet");
-                    return None;
-                }
-                Some(texts)
-            }
-        },
-    )
-    .await;
+    // Gauges appear with the first view and the first record write: poll, bounded, and
+    // name what is still missing when time is up.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let scrapes = loop {
+        let mut texts = Vec::new();
+        let mut exported = BTreeSet::new();
+        for (name, addr) in &targets {
+            let (status, body) = http_get(*addr, "/metrics").await;
+            assert_eq!(status, 200, "{name} /metrics");
+            exported.extend(scraped_names(&body));
+            texts.push((name.clone(), body));
+        }
+        let missing: Vec<&String> = wanted.difference(&exported).collect();
+        if missing.is_empty() {
+            break texts;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "deploy/ names metrics no binary exports: {missing:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
 
     // Every binary: build_info with version and commit, and the process metrics.
     let now = chrono::Utc::now().timestamp() as f64;

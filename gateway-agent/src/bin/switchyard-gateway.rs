@@ -227,6 +227,9 @@ async fn run(flags: Flags, settings: Settings) -> anyhow::Result<()> {
         "switchyard_gateway_goaways_total",
         "switchyard_agent_record_write_errors_total",
     ]);
+    // The hub sets it on each open and close; until the first, a dashboard would show no
+    // line at all for an idle gateway.
+    metrics::gauge!("switchyard_gateway_connections").set(0.0);
     if let Some(addr) = flags.http_listen {
         let listener = TcpListener::bind(addr)
             .await

@@ -48,7 +48,7 @@ pub(crate) fn state(g: &pb::Gateway) -> String {
 pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     use comfy_table::{ContentArrangement, Table, presets::NOTHING};
     let mut t = Table::new();
-    t.load_preset(NOTHING)
+    t.load_style(NOTHING)
         .set_content_arrangement(ContentArrangement::Disabled)
         .set_header(header.iter().copied())
         .add_rows(rows.iter().cloned());
