@@ -133,10 +133,26 @@ async fn compaction_past_a_router_watch_is_resynced() {
     let resyncs = router_counter(&cluster, "switchyard_registry_watch_resyncs_total").await;
 
     proxy.cut();
+    // The cut takes effect once the router's watch notices its link is gone.
+    eventually(LIMIT, "router notices it lost etcd", || async {
+        let list = switchyard_tests::cluster::list(&url).await?;
+        (!list.etcd_connected).then_some(())
+    })
+    .await;
     // While the router is cut off: a change it misses, then a compaction past its
     // revision, so its re-watch must fail as compacted.
-    let rev = put_ghost(&cluster, "gw-ghost").await;
+    let ghost_rev = put_ghost(&cluster, "gw-ghost").await;
     let mut kv = cluster.etcd.client().await;
+    // Compacting at the ghost's own revision would keep it watchable; one more write puts
+    // the compaction past every revision the router has not seen.
+    let rev = kv
+        .put("/elsewhere/bump", "1", None)
+        .await
+        .expect("put")
+        .header()
+        .expect("header")
+        .revision();
+    assert!(rev > ghost_rev);
     kv.compact(rev, Some(CompactionOptions::new().with_physical()))
         .await
         .expect("compact");
