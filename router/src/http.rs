@@ -200,8 +200,9 @@ impl Totals {
 
     fn describe(&self) -> String {
         format!(
-            "{} gateways, {} serving · {} / {} connections ({:.0}%)",
+            "{} gateway{}, {} serving · {} / {} connections ({:.0}%)",
             self.gateways,
+            if self.gateways == 1 { "" } else { "s" },
             self.serving,
             self.connections,
             self.capacity,
