@@ -94,10 +94,7 @@ impl History {
 }
 
 /// Samples the view every [`SAMPLE_EVERY`] until the router's state is gone.
-async fn sample_history(
-    state: std::sync::Weak<State>,
-    history: Arc<parking_lot::Mutex<History>>,
-) {
+async fn sample_history(state: std::sync::Weak<State>, history: Arc<parking_lot::Mutex<History>>) {
     let mut tick = tokio::time::interval(SAMPLE_EVERY);
     loop {
         tick.tick().await;
@@ -267,7 +264,10 @@ svg.rate{background:#f3f6fa}svg.rate polyline{stroke:#a53;stroke-width:2}\
     let totals = |gws: &[&crate::view::Gateway]| {
         gws.iter().fold(Totals::default(), |mut t, g| {
             t.gateways += 1;
-            if g.record.state.as_str() == "serving" && g.drain.is_none() && !g.shared.is_ejected(now) {
+            if g.record.state.as_str() == "serving"
+                && g.drain.is_none()
+                && !g.shared.is_ejected(now)
+            {
                 t.serving += 1;
             }
             t.connections += g.record.load.connections;
@@ -363,18 +363,31 @@ mod tests {
         h.record(5_000, 50, &two);
         assert_eq!(h.route_rate, [0.0, 10.0]);
         assert_eq!(h.connections["a"], [Some(5), Some(6)]);
-        assert_eq!(h.connections["b"], [None, Some(1)], "aligned: seen from the second sample");
+        assert_eq!(
+            h.connections["b"],
+            [None, Some(1)],
+            "aligned: seen from the second sample"
+        );
         for i in 2..=HISTORY_SAMPLES as i64 + 5 {
             h.record(i * 5_000, 50, &one);
         }
         assert_eq!(h.route_rate.len(), HISTORY_SAMPLES);
         assert!(h.connections.values().all(|s| s.len() == HISTORY_SAMPLES));
-        assert!(!h.connections.contains_key("b"), "gone for a whole window: dropped");
+        assert!(
+            !h.connections.contains_key("b"),
+            "gone for a whole window: dropped"
+        );
     }
 
     #[test]
     fn sparkline_scales_and_breaks_at_gaps() {
-        let svg = sparkline(&[Some(0.0), Some(10.0), None, Some(5.0), Some(5.0)], 10.0, 40, 12, "spark");
+        let svg = sparkline(
+            &[Some(0.0), Some(10.0), None, Some(5.0), Some(5.0)],
+            10.0,
+            40,
+            12,
+            "spark",
+        );
         assert_eq!(svg.matches("<polyline").count(), 2, "{svg}");
         assert!(svg.contains("points=\"0.0,11.0 10.0,1.0\""), "{svg}");
         assert!(svg.starts_with("<svg class=\"spark\" width=\"40\" height=\"12\""));

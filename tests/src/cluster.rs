@@ -163,19 +163,14 @@ impl Cluster {
         };
         let command = |[grpc, http]: [u16; 2]| {
             let mut cmd = Command::new(bin_path("switchyard-router"));
-            cmd.args([
-                "--etcd",
-                etcd,
-                "--prefix",
-                self.prefix.as_str(),
-            ])
-            .args([
-                "--listen",
-                &addr(grpc).to_string(),
-                "--http-listen",
-                &addr(http).to_string(),
-            ])
-            .args(&self.router_args);
+            cmd.args(["--etcd", etcd, "--prefix", self.prefix.as_str()])
+                .args([
+                    "--listen",
+                    &addr(grpc).to_string(),
+                    "--http-listen",
+                    &addr(http).to_string(),
+                ])
+                .args(&self.router_args);
             self.child_env(&mut cmd);
             cmd
         };

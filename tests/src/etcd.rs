@@ -265,7 +265,11 @@ impl EtcdCluster {
     /// `etcdctl snapshot save` from a running member into `path` (what an operator's backup
     /// job runs). Panics with etcdctl's output when it fails.
     pub async fn save_snapshot(&self, path: &std::path::Path) {
-        let endpoint = self.endpoints().into_iter().next().expect("a running member");
+        let endpoint = self
+            .endpoints()
+            .into_iter()
+            .next()
+            .expect("a running member");
         etcdctl(&[
             "--endpoints",
             &endpoint,

@@ -342,16 +342,12 @@ async fn top_once_prints_the_router_gateways_and_drains() {
 
     // The frame is what the terminal UI draws, as text: poll until the router has applied
     // the drain (it arrives through its etcd watch).
-    let frame = eventually(
-        Duration::from_secs(10),
-        "top shows the drain",
-        || async {
-            let out = cluster.ctl(&["top", "--once", "--width", "140"]);
-            assert!(out.status.success(), "{}", stderr(&out));
-            let text = stdout(&out);
-            text.contains("kernel-upgrade").then_some(text)
-        },
-    )
+    let frame = eventually(Duration::from_secs(10), "top shows the drain", || async {
+        let out = cluster.ctl(&["top", "--once", "--width", "140"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let text = stdout(&out);
+        text.contains("kernel-upgrade").then_some(text)
+    })
     .await;
     let line = |needle: &str| {
         frame
@@ -370,7 +366,10 @@ async fn top_once_prints_the_router_gateways_and_drains() {
         b.contains("serving") && b.contains("r1/z2") && b.contains("10/100") && b.contains("9.9.9"),
         "{b}"
     );
-    assert!(b.contains("[##------------------]"), "load bar at 10 %: {b}");
+    assert!(
+        b.contains("[##------------------]"),
+        "load bar at 10 %: {b}"
+    );
     assert!(line("│gw-c ").contains("unhealthy"), "{frame}");
     assert!(line("│gw-a ").contains("drained"), "{frame}");
     let drains = frame
@@ -382,7 +381,9 @@ async fn top_once_prints_the_router_gateways_and_drains() {
         .find(|l| l.contains("gw-a"))
         .unwrap_or_else(|| panic!("gw-a in the drains box: {drains}"));
     assert!(
-        drain_row.contains("ops") && drain_row.contains("40") && drain_row.contains("kernel-upgrade"),
+        drain_row.contains("ops")
+            && drain_row.contains("40")
+            && drain_row.contains("kernel-upgrade"),
         "{drain_row}"
     );
     assert!(!drains.contains("gw-b"), "only drains are listed: {drains}");

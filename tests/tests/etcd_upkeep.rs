@@ -197,9 +197,12 @@ async fn defragmentation_keeps_routers_agents_and_clients() {
             .await
             .expect("put filler");
     }
-    kv.delete("/filler/", Some(etcd_client::DeleteOptions::new().with_prefix()))
-        .await
-        .expect("delete filler");
+    kv.delete(
+        "/filler/",
+        Some(etcd_client::DeleteOptions::new().with_prefix()),
+    )
+    .await
+    .expect("delete filler");
     let rev = kv
         .get("/", None)
         .await
@@ -272,7 +275,13 @@ async fn snapshot_restored_into_a_new_cluster_while_clients_stay_connected() {
     assert_eq!(late.count(), 0, "the late write is not in the backup");
 
     // The router lists again (its revision is ahead of the new cluster's) ...
-    wait_listed(&url, "gw-late", false, "router dropped what the restore lost").await;
+    wait_listed(
+        &url,
+        "gw-late",
+        false,
+        "router dropped what the restore lost",
+    )
+    .await;
     // ... and follows new writes, though their revisions are below what it saw before.
     put_ghost(&cluster, "gw-new").await;
     wait_listed(&url, "gw-new", true, "router follows the restored cluster").await;
@@ -309,7 +318,10 @@ async fn nospace_alarm_leaves_the_data_plane_up() {
         .await
         .expect("alarm list");
     assert!(
-        alarms.alarms().iter().any(|a| a.alarm() == AlarmType::Nospace),
+        alarms
+            .alarms()
+            .iter()
+            .any(|a| a.alarm() == AlarmType::Nospace),
         "NOSPACE raised"
     );
 
@@ -326,9 +338,12 @@ async fn nospace_alarm_leaves_the_data_plane_up() {
     still_connected(&second, "the NOSPACE alarm").await;
 
     // The runbook: free space (delete, compact, defragment), then disarm.
-    kv.delete("/filler/", Some(etcd_client::DeleteOptions::new().with_prefix()))
-        .await
-        .expect("deletes are allowed under NOSPACE");
+    kv.delete(
+        "/filler/",
+        Some(etcd_client::DeleteOptions::new().with_prefix()),
+    )
+    .await
+    .expect("deletes are allowed under NOSPACE");
     let rev = kv
         .get("/", None)
         .await

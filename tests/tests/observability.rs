@@ -14,7 +14,10 @@ use switchyard_tests::router::http_get;
 use switchyard_tests::{Cluster, GatewaySpec, init_tracing};
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
 }
 
 fn read(rel: &str) -> String {

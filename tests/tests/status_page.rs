@@ -117,8 +117,14 @@ async fn status_page_renders_groups_and_charts_in_chromium() {
     };
     let east = region("east");
     let west = region("west");
-    assert!(east.contains("data-zone=\"a\"") && east.contains("data-zone=\"b\""), "{east}");
-    assert!(east.contains("2 gateways, 2 serving"), "region totals: {east}");
+    assert!(
+        east.contains("data-zone=\"a\"") && east.contains("data-zone=\"b\""),
+        "{east}"
+    );
+    assert!(
+        east.contains("2 gateways, 2 serving"),
+        "region totals: {east}"
+    );
     assert!(
         east.contains("data-gateway=\"gw-east-a\"") && east.contains("data-gateway=\"gw-east-b\""),
         "{east}"
@@ -149,5 +155,9 @@ async fn status_page_renders_groups_and_charts_in_chromium() {
     }
     assert_eq!(png_size(&png), (1200, 900));
     // A blank page compresses to a few hundred bytes; text, tables and charts do not.
-    assert!(png.len() > 10_000, "screenshot has content: {} bytes", png.len());
+    assert!(
+        png.len() > 10_000,
+        "screenshot has content: {} bytes",
+        png.len()
+    );
 }

@@ -128,7 +128,8 @@ pub(crate) async fn run(
             }
         }
     });
-    let mut terminal = ratatui::try_init().context("switchyardctl top needs a terminal (or pass --once)")?;
+    let mut terminal =
+        ratatui::try_init().context("switchyardctl top needs a terminal (or pass --once)")?;
     let result = async {
         let mut ticker = tokio::time::interval(interval);
         let mut fleet: Option<Fleet> = None;
@@ -239,7 +240,10 @@ fn draw_head(f: &mut Frame<'_>, area: Rect, fleet: &Fleet, error: Option<&str>) 
         .filter(|g| g.state == "serving" && !g.ops_drained)
         .count();
     let mut lines = vec![Line::from(vec![
-        Span::styled("switchyard top", Style::default().add_modifier(Modifier::BOLD)),
+        Span::styled(
+            "switchyard top",
+            Style::default().add_modifier(Modifier::BOLD),
+        ),
         Span::raw(format!(
             "   routers {}   gateways {} ({serving} serving, {} ejected)   connections {conns} (+{pending} handed out) / {cap}",
             fleet.routers.len(),
@@ -248,7 +252,10 @@ fn draw_head(f: &mut Frame<'_>, area: Rect, fleet: &Fleet, error: Option<&str>) 
         )),
     ])];
     lines.push(match error {
-        Some(e) => Line::styled(format!("last refresh failed: {e}"), Style::default().fg(Color::Red)),
+        Some(e) => Line::styled(
+            format!("last refresh failed: {e}"),
+            Style::default().fg(Color::Red),
+        ),
         None => Line::raw("q, Esc or Ctrl-C quits"),
     });
     f.render_widget(Paragraph::new(lines), area);
@@ -282,8 +289,10 @@ fn draw_routers(f: &mut Frame<'_>, area: Rect, fleet: &Fleet) {
         ],
     )
     .header(
-        Row::new(["ROUTER", "ETCD", "REVISION", "VIEW AGE", "ROUTES/S", "HANDOUTS"])
-            .style(Style::default().add_modifier(Modifier::BOLD)),
+        Row::new([
+            "ROUTER", "ETCD", "REVISION", "VIEW AGE", "ROUTES/S", "HANDOUTS",
+        ])
+        .style(Style::default().add_modifier(Modifier::BOLD)),
     )
     .block(Block::bordered().title(" routers "));
     f.render_widget(table, area);
@@ -328,7 +337,14 @@ fn draw_gateways(f: &mut Frame<'_>, area: Rect, fleet: &Fleet) {
     )
     .header(
         Row::new([
-            "GATEWAY", "STATE", "REGION/ZONE", "CONNS/CAP", "LOAD", "HANDOUTS", "EJECTED", "AGE",
+            "GATEWAY",
+            "STATE",
+            "REGION/ZONE",
+            "CONNS/CAP",
+            "LOAD",
+            "HANDOUTS",
+            "EJECTED",
+            "AGE",
             "VERSION",
         ])
         .style(Style::default().add_modifier(Modifier::BOLD)),
@@ -386,7 +402,11 @@ mod tests {
             capacity: 100,
             connections: conns,
             ops_drained,
-            drain_reason: if ops_drained { "kernel".into() } else { String::new() },
+            drain_reason: if ops_drained {
+                "kernel".into()
+            } else {
+                String::new()
+            },
             ..Default::default()
         }
     }
@@ -396,7 +416,10 @@ mod tests {
         let fleet = Fleet::from_list(
             "http://r:7100",
             pb::ListGatewaysResponse {
-                gateways: vec![gw("gw-b", "serving", 50, false), gw("gw-a", "serving", 7, true)],
+                gateways: vec![
+                    gw("gw-b", "serving", 50, false),
+                    gw("gw-a", "serving", 7, true),
+                ],
                 revision: 42,
                 snapshot_age_ms: 15,
                 etcd_connected: true,
@@ -413,10 +436,16 @@ mod tests {
         };
         assert!(line("http://r:7100").contains("42"), "{text}");
         let b = line("│gw-b");
-        assert!(b.contains("serving") && b.contains("50/100") && b.contains("[##########----------]"), "{b}");
+        assert!(
+            b.contains("serving") && b.contains("50/100") && b.contains("[##########----------]"),
+            "{b}"
+        );
         assert!(line("│gw-a ").contains("drained"), "{text}");
         let drain = text.split("drains in progress").nth(1).expect("drains box");
-        assert!(drain.contains("gw-a") && drain.contains("kernel") && !drain.contains("gw-b"), "{drain}");
+        assert!(
+            drain.contains("gw-a") && drain.contains("kernel") && !drain.contains("gw-b"),
+            "{drain}"
+        );
         assert_eq!(text.lines().count() as u16, fleet.height());
     }
 }
