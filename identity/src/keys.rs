@@ -60,7 +60,9 @@ pub struct KeySet {
 
 impl fmt::Debug for KeySet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KeySet").field("kids", &self.kids()).finish()
+        f.debug_struct("KeySet")
+            .field("kids", &self.kids())
+            .finish()
     }
 }
 
@@ -108,7 +110,8 @@ impl KeySet {
     /// Reads a JWKS document (RFC 7517). Every key needs a distinct `kid`, except in a set
     /// of one key.
     pub fn from_jwks(json: &[u8]) -> Result<Self, KeyError> {
-        let set: JwkSet = serde_json::from_slice(json).map_err(|e| KeyError::Jwks(e.to_string()))?;
+        let set: JwkSet =
+            serde_json::from_slice(json).map_err(|e| KeyError::Jwks(e.to_string()))?;
         Self::from_jwk_set(&set)
     }
 
@@ -130,13 +133,21 @@ impl KeySet {
             let algorithms = algorithms_for(jwk).map_err(&bad)?;
             let decoding = DecodingKey::from_jwk(jwk).map_err(|e| bad(e.to_string()))?;
             if by_kid
-                .insert(kid.clone(), Key { decoding, algorithms })
+                .insert(
+                    kid.clone(),
+                    Key {
+                        decoding,
+                        algorithms,
+                    },
+                )
                 .is_some()
             {
                 return Err(bad("`kid` appears twice".into()));
             }
         }
-        let only = (by_kid.len() == 1).then(|| by_kid.keys().next().cloned()).flatten();
+        let only = (by_kid.len() == 1)
+            .then(|| by_kid.keys().next().cloned())
+            .flatten();
         Ok(Self { by_kid, only })
     }
 
@@ -149,7 +160,9 @@ impl KeySet {
                 by_kid.entry(kid.clone()).or_insert_with(|| key.clone());
             }
         }
-        let only = (by_kid.len() == 1).then(|| by_kid.keys().next().cloned()).flatten();
+        let only = (by_kid.len() == 1)
+            .then(|| by_kid.keys().next().cloned())
+            .flatten();
         Self { by_kid, only }
     }
 
@@ -278,7 +291,9 @@ struct WatchState<T> {
 
 impl<T> fmt::Debug for Watched<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Watched").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("Watched")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -395,7 +410,10 @@ mod tests {
         let set = KeySet::from_jwks(HS_KEY.as_bytes()).unwrap();
         assert_eq!(set.kids(), ["h1"]);
         assert!(set.find(Some("h1")).is_some());
-        assert!(set.find(None).is_some(), "a set of one verifies tokens without kid");
+        assert!(
+            set.find(None).is_some(),
+            "a set of one verifies tokens without kid"
+        );
         assert!(set.find(Some("h2")).is_none());
         let two_without = r#"{"keys":[{"kty":"oct","k":"YQ"},{"kty":"oct","k":"Yg"}]}"#;
         assert!(matches!(
@@ -420,8 +438,10 @@ mod tests {
 
     #[test]
     fn a_union_holds_every_source_and_follows_their_changes() {
-        let two = r#"{"keys":[{"kty":"oct","kid":"h1","k":"YQ"},{"kty":"oct","kid":"h2","k":"Yg"}]}"#;
-        let a: Arc<dyn KeySource> = Arc::new(Arc::new(KeySet::from_jwks(HS_KEY.as_bytes()).unwrap()));
+        let two =
+            r#"{"keys":[{"kty":"oct","kid":"h1","k":"YQ"},{"kty":"oct","kid":"h2","k":"Yg"}]}"#;
+        let a: Arc<dyn KeySource> =
+            Arc::new(Arc::new(KeySet::from_jwks(HS_KEY.as_bytes()).unwrap()));
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("jwks.json");
         std::fs::write(&p, two).unwrap();
@@ -429,7 +449,10 @@ mod tests {
         let u = KeyUnion::new(vec![a, file.clone()]);
         assert_eq!(u.keys().kids(), ["h1", "h2"]);
         let first = u.keys();
-        assert!(Arc::ptr_eq(&first, &u.keys()), "unchanged sources: the same merge");
+        assert!(
+            Arc::ptr_eq(&first, &u.keys()),
+            "unchanged sources: the same merge"
+        );
         let three = r#"{"keys":[{"kty":"oct","kid":"h3","k":"Yw"}]}"#;
         std::fs::write(&p, three).unwrap();
         // A file is looked at again at most every CHECK_GAP, even when a kid is missing.
@@ -446,7 +469,8 @@ mod tests {
         std::fs::write(&p, HS_KEY).unwrap();
         let w = Watched::jwks(&p).unwrap();
         assert_eq!(w.get().kids(), ["h1"]);
-        let two = r#"{"keys":[{"kty":"oct","kid":"h1","k":"YQ"},{"kty":"oct","kid":"h2","k":"Yg"}]}"#;
+        let two =
+            r#"{"keys":[{"kty":"oct","kid":"h1","k":"YQ"},{"kty":"oct","kid":"h2","k":"Yg"}]}"#;
         std::fs::write(&p, two).unwrap();
         w.check_soon();
         std::thread::sleep(CHECK_GAP + Duration::from_millis(20));
@@ -454,7 +478,11 @@ mod tests {
         std::fs::write(&p, "{half").unwrap();
         w.check_soon();
         std::thread::sleep(CHECK_GAP + Duration::from_millis(20));
-        assert_eq!(w.get().kids(), ["h1", "h2"], "a broken file keeps the keys in force");
+        assert_eq!(
+            w.get().kids(),
+            ["h1", "h2"],
+            "a broken file keeps the keys in force"
+        );
         assert!(Watched::jwks(dir.path().join("missing")).is_err());
     }
 }

@@ -93,10 +93,9 @@ impl TicketSigner {
         let mut keys = Vec::new();
         for (i, der) in PrivatePkcs8KeyDer::pem_slice_iter(pem).enumerate() {
             let der = der.map_err(|e| KeyError::Pem(format!("PEM block {}: {e}", i + 1)))?;
-            let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der.secret_pkcs8_der())
-                .map_err(|e| {
-                    KeyError::Pem(format!("key {}: not an Ed25519 PKCS#8 key ({e})", i + 1))
-                })?;
+            let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der.secret_pkcs8_der()).map_err(
+                |e| KeyError::Pem(format!("key {}: not an Ed25519 PKCS#8 key ({e})", i + 1)),
+            )?;
             let public = pair.public_key().as_ref().to_vec();
             keys.push(SigningKey {
                 kid: thumbprint(&public),
@@ -181,8 +180,7 @@ impl TicketSigner {
 
     /// The public keys as a [`KeySet`] (for a verifier in the same process).
     pub fn key_set(&self) -> KeySet {
-        KeySet::from_jwks(self.jwks().to_string().as_bytes())
-            .expect("our own JWKS is well formed")
+        KeySet::from_jwks(self.jwks().to_string().as_bytes()).expect("our own JWKS is well formed")
     }
 }
 
@@ -208,11 +206,16 @@ mod tests {
     #[test]
     fn a_signer_publishes_every_key_and_signs_with_the_first() {
         let (a, b) = (generate_ed25519_pem(), generate_ed25519_pem());
-        let signer = TicketSigner::from_pem(format!("{a}{b}").as_bytes(), DEFAULT_LIFETIME).unwrap();
+        let signer =
+            TicketSigner::from_pem(format!("{a}{b}").as_bytes(), DEFAULT_LIFETIME).unwrap();
         assert_eq!(signer.kids().len(), 2);
         assert_ne!(signer.kids()[0], signer.kids()[1]);
         let only_b = TicketSigner::from_pem(b.as_bytes(), DEFAULT_LIFETIME).unwrap();
-        assert_eq!(signer.kids()[1], only_b.kid(), "kids are thumbprints: stable");
+        assert_eq!(
+            signer.kids()[1],
+            only_b.kid(),
+            "kids are thumbprints: stable"
+        );
         let t = signer.issue_at("u1", &["gw-1"], 1_000).unwrap();
         let header = jsonwebtoken::decode_header(&t.token).unwrap();
         assert_eq!(header.alg, Algorithm::EdDSA);
@@ -225,7 +228,8 @@ mod tests {
     fn bad_key_files_say_why() {
         let e = TicketSigner::from_pem(b"", DEFAULT_LIFETIME).unwrap_err();
         assert!(e.to_string().contains("BEGIN PRIVATE KEY"), "{e}");
-        let e = TicketSigner::from_pem(generate_ed25519_pem().as_bytes(), Duration::ZERO).unwrap_err();
+        let e =
+            TicketSigner::from_pem(generate_ed25519_pem().as_bytes(), Duration::ZERO).unwrap_err();
         assert!(e.to_string().contains("lifetime"), "{e}");
     }
 
@@ -235,6 +239,9 @@ mod tests {
         let x = URL_SAFE_NO_PAD
             .decode("11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo")
             .unwrap();
-        assert_eq!(thumbprint(&x), "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k");
+        assert_eq!(
+            thumbprint(&x),
+            "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
+        );
     }
 }

@@ -185,7 +185,9 @@ pub struct AppTokens {
 
 impl std::fmt::Debug for AppTokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppTokens").field("rules", &self.rules).finish_non_exhaustive()
+        f.debug_struct("AppTokens")
+            .field("rules", &self.rules)
+            .finish_non_exhaustive()
     }
 }
 
@@ -227,7 +229,9 @@ pub struct Tickets {
 
 impl std::fmt::Debug for Tickets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tickets").field("leeway", &self.leeway).finish_non_exhaustive()
+        f.debug_struct("Tickets")
+            .field("leeway", &self.leeway)
+            .finish_non_exhaustive()
     }
 }
 
@@ -244,8 +248,7 @@ impl Tickets {
         client_id: &str,
         gateway_id: &str,
     ) -> Result<TicketClaims, Refusal> {
-        let claims: TicketClaims =
-            check(&*self.keys, token, self.leeway, &["exp", "sub"], |_| {})?;
+        let claims: TicketClaims = check(&*self.keys, token, self.leeway, &["exp", "sub"], |_| {})?;
         if claims.sub != client_id {
             return Err(Refusal::WrongSubject);
         }
@@ -282,14 +285,20 @@ mod tests {
         assert_eq!(v.verify(&t, "u2", "gw-1"), Err(Refusal::WrongSubject));
         assert_eq!(v.verify(&t, "u1", "gw-3"), Err(Refusal::NotForGateway));
         assert_eq!(v.verify("", "u1", "gw-1"), Err(Refusal::Missing));
-        assert!(matches!(v.verify("a.b", "u1", "gw-1"), Err(Refusal::Malformed(_))));
+        assert!(matches!(
+            v.verify("a.b", "u1", "gw-1"),
+            Err(Refusal::Malformed(_))
+        ));
     }
 
     #[test]
     fn expired_tampered_and_foreign_tickets_are_refused() {
         let s = signer();
         let v = tickets_for(&s);
-        let old = s.issue_at("u1", &["gw-1"], unix_now() - 3600).unwrap().token;
+        let old = s
+            .issue_at("u1", &["gw-1"], unix_now() - 3600)
+            .unwrap()
+            .token;
         let e = v.verify(&old, "u1", "gw-1").unwrap_err();
         assert_eq!(e, Refusal::Expired);
         assert!(e.is_expired());
@@ -345,7 +354,10 @@ mod tests {
         let good = serde_json::json!({"sub": "u1", "exp": now + 60, "aud": "chat", "iss": "login.example"});
         let tok = |c: serde_json::Value| app_token("k1", b"secret", c);
         assert_eq!(v.verify(&tok(good.clone()), "u1").unwrap().sub, "u1");
-        assert_eq!(v.verify(&tok(good.clone()), "u2"), Err(Refusal::WrongSubject));
+        assert_eq!(
+            v.verify(&tok(good.clone()), "u2"),
+            Err(Refusal::WrongSubject)
+        );
         let mut c = good.clone();
         c["exp"] = (now - 60).into();
         assert_eq!(v.verify(&tok(c), "u1"), Err(Refusal::Expired));
@@ -360,7 +372,10 @@ mod tests {
         assert_eq!(v.verify(&tok(c), "u1"), Err(Refusal::WrongIssuer));
         let mut c = good.clone();
         c.as_object_mut().unwrap().remove("exp");
-        assert!(matches!(v.verify(&tok(c), "u1"), Err(Refusal::Malformed(_))));
+        assert!(matches!(
+            v.verify(&tok(c), "u1"),
+            Err(Refusal::Malformed(_))
+        ));
         assert!(matches!(
             v.verify(&app_token("k2", b"secret", good.clone()), "u1"),
             Err(Refusal::UnknownKey(_))
@@ -377,7 +392,11 @@ mod tests {
         let s = signer();
         let v = AppTokens::new(Arc::new(Arc::new(s.key_set())), Rules::default());
         let kid = s.kid().to_owned();
-        let t = app_token(&kid, b"anything", serde_json::json!({"sub": "u1", "exp": unix_now() + 60}));
+        let t = app_token(
+            &kid,
+            b"anything",
+            serde_json::json!({"sub": "u1", "exp": unix_now() + 60}),
+        );
         assert!(matches!(v.verify(&t, "u1"), Err(Refusal::Algorithm(_))));
     }
 }

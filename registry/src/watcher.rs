@@ -2,7 +2,8 @@
 //!
 //! List, then watch from the list's revision + 1. A lost stream is re-watched from the last
 //! revision seen; a compacted start revision (`canceled` with `compact_revision`, after which
-//! etcd-client's stream just blocks) forces a full re-list. Progress requests every
+//! etcd-client's stream just blocks) forces a full re-list, and so does a cluster whose
+//! revision is behind the one seen (restored from a snapshot). Progress requests every
 //! `progress_interval` catch a stream that went silent. Consumers only ever see whole
 //! snapshots, each stamped with the revision it reflects.
 
@@ -269,6 +270,14 @@ impl<T: Send + Sync + 'static> Task<T> {
                         return End::Rewatch;
                     }
                     let header_rev = resp.header().map_or(0, |h| h.revision());
+                    if resp.created() && header_rev > 0 && header_rev < self.revision {
+                        // etcd's revision went backwards: the cluster was restored from a
+                        // snapshot (or replaced). A watch from our revision would wait for
+                        // a future that replays different history; list what is there now.
+                        warn!(prefix = %self.prefix, seen = self.revision, now = header_rev,
+                              "etcd is behind the revision already seen (restored from a snapshot?); listing again");
+                        return End::Resync;
+                    }
                     if resp.events().is_empty() {
                         // Created or progress: everything up to header_rev has been sent.
                         if !resp.created() && header_rev > self.revision {

@@ -313,6 +313,10 @@ async fn run(process: Process, config: ValidConfig) -> anyhow::Result<()> {
     let metrics =
         telemetry::install_metrics(&[("switchyard_router_route_seconds", ROUTE_SECONDS_BUCKETS)])
             .context("installing the metrics recorder")?;
+    telemetry::declare_counters(&[
+        "switchyard_router_routes_total",
+        "switchyard_router_ejections_total",
+    ]);
     let client = process.etcd.connect().await.context("connecting to etcd")?;
     let grpc = tokio::net::TcpListener::bind(process.listen)
         .await

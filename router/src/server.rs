@@ -292,6 +292,36 @@ fn publish_gauges(view: &View) {
     }
     metrics::gauge!("switchyard_router_snapshot_revision").set(view.revision as f64);
     metrics::gauge!("switchyard_router_invalid_records").set(view.rejected as f64);
+    publish_zone_gauges(view);
+}
+
+/// Per zone: gateways a Route may hand out, their connections and capacity. The alert "no
+/// serving gateway in a zone" needs a zone whose last gateway vanished to read 0, not to
+/// disappear, so every zone seen since start keeps its series.
+fn publish_zone_gauges(view: &View) {
+    use std::collections::BTreeMap;
+    static SEEN: parking_lot::Mutex<BTreeMap<(String, String), ()>> =
+        parking_lot::Mutex::new(BTreeMap::new());
+    let mut zones: BTreeMap<(String, String), (u64, u64, u64)> = BTreeMap::new();
+    for c in &view.candidates {
+        let z = zones.entry((c.region.clone(), c.zone.clone())).or_default();
+        if c.serving && !c.ops_drained {
+            z.0 += 1;
+            z.1 += c.connections;
+            z.2 += c.capacity;
+        }
+    }
+    let mut seen = SEEN.lock();
+    for key in zones.keys() {
+        seen.insert(key.clone(), ());
+    }
+    for key in seen.keys() {
+        let (serving, connections, capacity) = zones.get(key).copied().unwrap_or_default();
+        let labels = [("region", key.0.clone()), ("zone", key.1.clone())];
+        metrics::gauge!("switchyard_router_zone_serving_gateways", &labels).set(serving as f64);
+        metrics::gauge!("switchyard_router_zone_connections", &labels).set(connections as f64);
+        metrics::gauge!("switchyard_router_zone_capacity", &labels).set(capacity as f64);
+    }
 }
 
 fn tls_config(config: &ValidConfig) -> Result<Option<ServerTlsConfig>, Error> {

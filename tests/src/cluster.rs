@@ -147,6 +147,13 @@ impl Cluster {
 
     /// Starts one more router and waits until it answers.
     pub async fn add_router(&mut self) -> usize {
+        let etcd = self.etcd.endpoint();
+        self.add_router_via(&etcd).await
+    }
+
+    /// Like [`Cluster::add_router`], with the router's `--etcd` set to `etcd` (e.g. a
+    /// [`crate::CutProxy`] in front of this cluster's etcd, to cut only the router off).
+    pub async fn add_router_via(&mut self, etcd: &str) -> usize {
         let addr = |p: u16| -> SocketAddr { SocketAddr::from(([127, 0, 0, 1], p)) };
         let launch = Launch {
             name: "switchyard-router",
@@ -156,19 +163,14 @@ impl Cluster {
         };
         let command = |[grpc, http]: [u16; 2]| {
             let mut cmd = Command::new(bin_path("switchyard-router"));
-            cmd.args([
-                "--etcd",
-                &self.etcd.endpoint(),
-                "--prefix",
-                self.prefix.as_str(),
-            ])
-            .args([
-                "--listen",
-                &addr(grpc).to_string(),
-                "--http-listen",
-                &addr(http).to_string(),
-            ])
-            .args(&self.router_args);
+            cmd.args(["--etcd", etcd, "--prefix", self.prefix.as_str()])
+                .args([
+                    "--listen",
+                    &addr(grpc).to_string(),
+                    "--http-listen",
+                    &addr(http).to_string(),
+                ])
+                .args(&self.router_args);
             self.child_env(&mut cmd);
             cmd
         };

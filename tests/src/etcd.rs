@@ -46,10 +46,12 @@ struct Member {
     data: TempDir,
     /// The process while it runs.
     child: Option<Child>,
+    /// Further `etcd` flags (e.g. a tiny `--quota-backend-bytes`).
+    args: Vec<String>,
 }
 
 impl Member {
-    fn new(i: usize) -> Self {
+    fn new(i: usize, args: &[String]) -> Self {
         let [client_port, peer_port] = ports::reserve_n();
         Self {
             name: format!("m{i}"),
@@ -57,7 +59,14 @@ impl Member {
             peer_port,
             data: private_tempdir(),
             child: None,
+            args: args.to_vec(),
         }
+    }
+
+    /// etcd's data dir: a fresh directory inside `data` (`etcdctl snapshot restore` wants
+    /// to create its target itself).
+    fn data_dir(&self) -> PathBuf {
+        self.data.path().join("data")
     }
 
     fn endpoint(&self) -> String {
@@ -79,7 +88,7 @@ impl Member {
         cmd.arg("--name")
             .arg(&self.name)
             .arg("--data-dir")
-            .arg(self.data.path())
+            .arg(self.data_dir())
             .arg("--listen-client-urls")
             .arg(self.endpoint())
             .arg("--advertise-client-urls")
@@ -95,7 +104,8 @@ impl Member {
             .arg("--initial-cluster-token")
             .arg("switchyard-test")
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
-            .args(["--logger", "zap", "--log-level", "error"]);
+            .args(["--logger", "zap", "--log-level", "error"])
+            .args(&self.args);
         self.child = Some(Child::spawn(cmd, &format!("etcd {}", self.name)));
     }
 
@@ -137,7 +147,7 @@ pub struct Etcd {
 impl Etcd {
     /// Starts etcd and waits until it answers (on new ports when one was taken).
     pub async fn start() -> Self {
-        let members = start_members(1).await;
+        let members = start_members(1, &[]).await;
         Self {
             member: members.into_iter().next().expect("one member"),
         }
@@ -182,7 +192,14 @@ impl EtcdCluster {
     /// Starts `n` members and waits until each answers (all on new ports when one member
     /// found a port taken).
     pub async fn start(n: usize) -> Self {
-        let members = start_members(n).await;
+        Self::start_with(n, &[] as &[&str]).await
+    }
+
+    /// Like [`EtcdCluster::start`], with further flags for every member (e.g.
+    /// `--quota-backend-bytes`).
+    pub async fn start_with<S: AsRef<str>>(n: usize, args: &[S]) -> Self {
+        let args: Vec<String> = args.iter().map(|a| a.as_ref().to_owned()).collect();
+        let members = start_members(n, &args).await;
         let initial_cluster = initial_cluster(&members);
         Self {
             members,
@@ -245,6 +262,62 @@ impl EtcdCluster {
         }
     }
 
+    /// `etcdctl snapshot save` from a running member into `path` (what an operator's backup
+    /// job runs). Panics with etcdctl's output when it fails.
+    pub async fn save_snapshot(&self, path: &std::path::Path) {
+        let endpoint = self
+            .endpoints()
+            .into_iter()
+            .next()
+            .expect("a running member");
+        etcdctl(&[
+            "--endpoints",
+            &endpoint,
+            "snapshot",
+            "save",
+            &path.to_string_lossy(),
+        ])
+        .await;
+    }
+
+    /// Replaces the cluster with a new one restored from `snapshot`, as the etcd disaster
+    /// recovery guide does it: every member stops, `etcdctl snapshot restore` writes each a
+    /// fresh data dir (a new cluster id; the membership from these members' names and peer
+    /// URLs), and the members start on their old ports, so long-lived clients reconnect to
+    /// the same addresses. Writes made after the snapshot are gone.
+    pub async fn restore(&mut self, snapshot: &std::path::Path) {
+        for m in &mut self.members {
+            if let Some(mut child) = m.child.take() {
+                child.terminate(Duration::from_secs(10));
+            }
+        }
+        for m in &mut self.members {
+            m.data = private_tempdir();
+            etcdctl(&[
+                "snapshot",
+                "restore",
+                &snapshot.to_string_lossy(),
+                "--name",
+                &m.name,
+                "--data-dir",
+                &m.data_dir().to_string_lossy(),
+                "--initial-cluster",
+                &self.initial_cluster,
+                "--initial-advertise-peer-urls",
+                &m.peer_url(),
+                "--initial-cluster-token",
+                "switchyard-restored",
+            ])
+            .await;
+        }
+        for m in &mut self.members {
+            m.spawn(&self.initial_cluster, "new");
+        }
+        for m in &mut self.members {
+            m.ready().await;
+        }
+    }
+
     /// Starts member `i` again on its ports and data (it rejoins as an existing member) and
     /// waits until it answers.
     pub async fn restart(&mut self, i: usize) {
@@ -268,10 +341,10 @@ fn initial_cluster(members: &[Member]) -> String {
 /// exits on a taken port takes the whole cluster down with it (the ports are in every
 /// member's `--initial-cluster`): it is started again with new ports and data, up to
 /// [`START_ATTEMPTS`] times. Any other failure panics with the member's output.
-async fn start_members(n: usize) -> Vec<Member> {
+async fn start_members(n: usize, args: &[String]) -> Vec<Member> {
     let mut conflicts = Vec::new();
     for _ in 0..START_ATTEMPTS {
-        let mut members: Vec<Member> = (0..n).map(Member::new).collect();
+        let mut members: Vec<Member> = (0..n).map(|i| Member::new(i, args)).collect();
         let cluster = initial_cluster(&members);
         for m in &mut members {
             m.spawn(&cluster, "new");
@@ -296,6 +369,35 @@ async fn start_members(n: usize) -> Vec<Member> {
         "etcd did not start in {START_ATTEMPTS} attempts, each ending on a port conflict:\n{}",
         conflicts.join("\n")
     );
+}
+
+/// How long one etcdctl command may take on a loaded machine.
+const ETCDCTL_LIMIT: Duration = Duration::from_secs(60);
+
+/// Runs `etcdctl` (API v3; Debian's etcd-client, which .ci/run installs) and panics with its
+/// output unless it succeeds in time.
+async fn etcdctl(args: &[&str]) -> String {
+    let mut cmd = tokio::process::Command::new("etcdctl");
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("ETCDCTL_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("ETCDCTL_API", "3").args(args).kill_on_drop(true);
+    let out = tokio::time::timeout(ETCDCTL_LIMIT, cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("etcdctl {args:?} took over {ETCDCTL_LIMIT:?}"))
+        .unwrap_or_else(|e| {
+            panic!("etcdctl {args:?}: {e} (apt-get install etcd-client; .ci/run does it)")
+        });
+    assert!(
+        out.status.success(),
+        "etcdctl {args:?}: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A temporary data dir only we can read, as etcd wants (it warns otherwise).

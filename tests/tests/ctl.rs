@@ -331,3 +331,71 @@ async fn unreachable_router_falls_back_to_etcd_or_says_what_to_check() {
     assert!(!unknown.status.success());
     assert!(!stderr(&unknown).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_once_prints_the_router_gateways_and_drains() {
+    init_tracing();
+    let cluster = cluster_with_records().await;
+    let drained = cluster.ctl(&[
+        "--token",
+        "s3cret-token",
+        "drain",
+        "gw-a",
+        "--reason",
+        "kernel-upgrade",
+    ]);
+    assert!(drained.status.success(), "{}", stderr(&drained));
+
+    // The frame is what the terminal UI draws, as text: poll until the router has applied
+    // the drain (it arrives through its etcd watch).
+    let frame = eventually(Duration::from_secs(10), "top shows the drain", || async {
+        let out = cluster.ctl(&["top", "--once", "--width", "140"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let text = stdout(&out);
+        text.contains("kernel-upgrade").then_some(text)
+    })
+    .await;
+    let line = |needle: &str| {
+        frame
+            .lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} in\n{frame}"))
+    };
+    let router = line(&cluster.router_urls()[0]);
+    assert!(router.contains(" up "), "etcd link shown: {router}");
+    assert!(
+        frame.contains("gateways 3 (1 serving, 0 ejected)"),
+        "totals: {frame}"
+    );
+    let b = line("│gw-b ");
+    assert!(
+        b.contains("serving") && b.contains("r1/z2") && b.contains("10/100") && b.contains("9.9.9"),
+        "{b}"
+    );
+    assert!(
+        b.contains("[##------------------]"),
+        "load bar at 10 %: {b}"
+    );
+    assert!(line("│gw-c ").contains("unhealthy"), "{frame}");
+    assert!(line("│gw-a ").contains("drained"), "{frame}");
+    let drains = frame
+        .split("drains in progress")
+        .nth(1)
+        .expect("a drains box");
+    let drain_row = drains
+        .lines()
+        .find(|l| l.contains("gw-a"))
+        .unwrap_or_else(|| panic!("gw-a in the drains box: {drains}"));
+    assert!(
+        drain_row.contains("ops")
+            && drain_row.contains("40")
+            && drain_row.contains("kernel-upgrade"),
+        "{drain_row}"
+    );
+    assert!(!drains.contains("gw-b"), "only drains are listed: {drains}");
+
+    // Without a terminal and without --once it says what to do instead of garbling a pipe.
+    let piped = cluster.ctl(&["top", "--iterations", "1"]);
+    assert_eq!(piped.status.code(), Some(1), "{}", stderr(&piped));
+    assert!(stderr(&piped).contains("--once"), "{}", stderr(&piped));
+}

@@ -292,6 +292,9 @@ pub async fn start(config: Config) -> Result<Agent, StartError> {
     .await?;
     info!(id = %config.id, prefix = %config.prefix, "gateway registered");
     metrics::counter!("switchyard_agent_record_writes_total").increment(1);
+    // With the reported connections below: the "gateway near capacity" alert's ratio.
+    metrics::gauge!("switchyard_agent_capacity").set(config.capacity as f64);
+    metrics::gauge!("switchyard_agent_reported_connections").set(0.0);
     let lease_state = session.state();
     let stop = CancellationToken::new();
     tokio::spawn(export_lease_state(lease_state.clone(), stop.clone()));
@@ -466,6 +469,8 @@ impl Inner {
                 self.writes.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("switchyard_agent_record_writes_total").increment(1);
                 metrics::gauge!("switchyard_agent_last_report_age_seconds").set(0.0);
+                metrics::gauge!("switchyard_agent_reported_connections")
+                    .set(current.connections as f64);
                 Some(now)
             }
             Err(e) => {

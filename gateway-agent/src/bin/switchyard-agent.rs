@@ -157,6 +157,10 @@ async fn run(
     (agent_config, sidecar_config): (agent::Config, SidecarConfig),
 ) -> anyhow::Result<()> {
     let metrics = telemetry::install_metrics(&[]).context("installing the metrics recorder")?;
+    telemetry::declare_counters(&[
+        "switchyard_agent_record_write_errors_total",
+        "switchyard_agent_load_errors_total",
+    ]);
     if let Some(addr) = http_listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await

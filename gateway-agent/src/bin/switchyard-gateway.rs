@@ -281,6 +281,16 @@ async fn run(flags: Flags, settings: Settings) -> anyhow::Result<()> {
         Err(e) => warn!(error = %e, "cannot raise the open-file limit"),
     }
     let metrics = telemetry::install_metrics(&[]).context("installing the metrics recorder")?;
+    telemetry::declare_counters(&[
+        "switchyard_gateway_sessions_total",
+        "switchyard_gateway_rejects_total",
+        "switchyard_gateway_kicks_total",
+        "switchyard_gateway_goaways_total",
+        "switchyard_agent_record_write_errors_total",
+    ]);
+    // The hub sets it on each open and close; until the first, a dashboard would show no
+    // line at all for an idle gateway.
+    metrics::gauge!("switchyard_gateway_connections").set(0.0);
     if let Some(addr) = flags.http_listen {
         let listener = TcpListener::bind(addr)
             .await

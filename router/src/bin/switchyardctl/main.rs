@@ -109,14 +109,21 @@ enum Command {
     },
     /// One line per change, as it happens.
     Watch,
-    /// A live full-screen view, refreshed every second.
+    /// A live terminal UI of the routers and every gateway (load, state, hand-outs,
+    /// ejections, drains in progress); q, Esc or Ctrl-C quits.
     Top {
         /// Refresh interval.
         #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
         interval: Duration,
-        /// Stop after this many refreshes (0 = until Ctrl-C).
+        /// Stop after this many refreshes (0 = until quit).
         #[arg(long, default_value_t = 0)]
         iterations: u64,
+        /// Print one frame as plain text and exit (no terminal needed: scripts, tests).
+        #[arg(long)]
+        once: bool,
+        /// Width of the `--once` frame, in columns.
+        #[arg(long, default_value_t = 120, requires = "once")]
+        width: u16,
     },
 }
 
@@ -247,9 +254,11 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Top {
             interval,
             iterations,
+            once,
+            width,
         } => {
             let router = RouterClient::new(channel(&cli).await?);
-            top::run(router, &cli, *interval, *iterations).await
+            top::run(router, &cli, *interval, *iterations, once.then_some(*width)).await
         }
     }
 }
