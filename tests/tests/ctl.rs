@@ -349,7 +349,7 @@ async fn top_once_prints_the_router_gateways_and_drains() {
     // The frame is what the terminal UI draws, as text: poll until the router has applied
     // the drain (it arrives through its etcd watch).
     let frame = eventually(Duration::from_secs(10), "top shows the drain", || async {
-        let out = cluster.ctl(&["top", "--once", "--width", "140"]);
+        let out = cluster.ctl(&["--token", "s3cret-token", "top", "--once", "--width", "140"]);
         assert!(out.status.success(), "{}", stderr(&out));
         let text = stdout(&out);
         text.contains("kernel-upgrade").then_some(text)
