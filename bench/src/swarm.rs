@@ -98,10 +98,11 @@ pub struct Swarm {
 
 impl Swarm {
     /// Builds every client, logs them in (bounded concurrency) and waits until all are
-    /// connected or `login_timeout` passes. `customize` adjusts each client's builder.
+    /// connected or `login_timeout` passes. `customize` adjusts each client's builder (it is
+    /// given the client id, e.g. to set that client's app token).
     pub async fn start(
         config: &Config,
-        customize: impl Fn(switchyard_client::Builder) -> switchyard_client::Builder,
+        customize: impl Fn(&str, switchyard_client::Builder) -> switchyard_client::Builder,
     ) -> anyhow::Result<Self> {
         let mut members = Vec::with_capacity(config.clients);
         let mut tasks = JoinSet::new();
@@ -115,7 +116,7 @@ impl Swarm {
                 let (region, zone) = &config.localities[n % config.localities.len()];
                 builder = builder.region(region.clone()).zone(zone.clone());
             }
-            let client = customize(builder).build()?;
+            let client = customize(&id, builder).build()?;
             let member = Arc::new(Member {
                 client,
                 history: Mutex::new(History::default()),

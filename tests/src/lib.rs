@@ -19,6 +19,8 @@
 //!   kicks or stays silent on demand, for the client-lib contract tests.
 //! - [`client_kit`]: standalone gateway processes, a client preset and event waits for the
 //!   client scenarios.
+//! - [`keys`]: [`keys::AuthKeys`], the key files of an authenticated cluster (the app's
+//!   login service, the routers' ticket key) and app tokens signed with them.
 //!
 //! etcd comes from `ETCD_BIN` or `etcd` on `PATH`; when neither exists every test fails
 //! loudly (it never skips): run `.ci/run` or install Debian's `etcd-server`.
@@ -28,6 +30,7 @@ pub mod agent;
 pub mod client_kit;
 pub mod cluster;
 pub mod etcd;
+pub mod keys;
 pub mod ports;
 pub mod process;
 pub mod proxy;

@@ -370,8 +370,9 @@ fn check(bin: &str, args: &[String], env: &[(String, String)]) -> std::process::
     cmd.output().expect("run --check")
 }
 
-/// The ConfigMap's `router.toml` and the Secret's admin token, written where the manifests
-/// mount them (paths rewritten to a temporary directory): the router checks them too.
+/// The ConfigMap's `router.toml`, the Secret's admin token, the app's JWKS and a ticket key,
+/// written where the deploy files mount them (paths rewritten to a temporary directory):
+/// the binaries check them too.
 fn mounted_files(k8s: &Path, dir: &Path) -> Vec<(String, String)> {
     let text = std::fs::read_to_string(k8s.join("configmap.yaml")).expect("configmap.yaml");
     let mut toml = String::new();
@@ -398,16 +399,48 @@ fn mounted_files(k8s: &Path, dir: &Path) -> Vec<(String, String)> {
         .find_map(|l| l.trim().strip_prefix("admin-token:"))
         .expect("the Secret's admin-token")
         .trim();
+    // The app's JWKS as the ConfigMap carries it (it must parse as shipped), and a ticket key
+    // made here as an operator would (the Secret is never committed), with its public JWKS.
+    let app_jwks = text
+        .lines()
+        .skip_while(|l| l.trim() != "app-jwks.json: |")
+        .nth(1)
+        .expect("the ConfigMap's app-jwks.json")
+        .trim()
+        .to_owned();
+    let ticket_pem = switchyard_identity::generate_ed25519_pem();
+    let signer = switchyard_identity::TicketSigner::from_pem(
+        ticket_pem.as_bytes(),
+        std::time::Duration::from_secs(60),
+    )
+    .expect("a fresh key loads");
     std::fs::write(dir.join("router.toml"), toml).expect("write router.toml");
     std::fs::write(dir.join("admin-token"), token).expect("write admin-token");
+    std::fs::write(dir.join("app-jwks.json"), app_jwks).expect("write app-jwks.json");
+    std::fs::write(dir.join("ticket-key.pem"), ticket_pem).expect("write ticket-key.pem");
+    std::fs::write(dir.join("ticket-jwks.json"), signer.jwks().to_string())
+        .expect("write ticket-jwks.json");
     let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
-    vec![
+    let mut files = vec![
         ("/etc/switchyard/router.toml".into(), path("router.toml")),
         (
             "/etc/switchyard-admin/admin-token".into(),
             path("admin-token"),
         ),
-    ]
+    ];
+    // Where k8s, systemd and compose put the key files.
+    for (mounted, name) in [
+        ("/etc/switchyard-app/app-jwks.json", "app-jwks.json"),
+        ("/etc/switchyard/app-jwks.json", "app-jwks.json"),
+        ("/run/secrets/app-jwks", "app-jwks.json"),
+        ("/etc/switchyard-ticket/ticket-key.pem", "ticket-key.pem"),
+        ("/etc/switchyard/ticket-key.pem", "ticket-key.pem"),
+        ("/run/secrets/ticket-key", "ticket-key.pem"),
+        ("/etc/switchyard/ticket-jwks.json", "ticket-jwks.json"),
+    ] {
+        files.push((mounted.into(), path(name)));
+    }
+    files
 }
 
 #[test]

@@ -142,7 +142,7 @@ async fn run(args: &Args) -> Result<String> {
     };
     let (spread, interval, timeout) =
         (args.spread, args.heartbeat_interval, args.heartbeat_timeout);
-    let swarm = Swarm::start(&config, |b| {
+    let swarm = Swarm::start(&config, |_, b| {
         b.reconnect_spread(spread)
             .heartbeat_interval(interval)
             .heartbeat_timeout(timeout)
@@ -213,7 +213,7 @@ async fn run(args: &Args) -> Result<String> {
         login_concurrency: 100,
         login_timeout: Duration::from_secs(60),
     };
-    let ka_swarm = Swarm::start(&ka_config, |b| {
+    let ka_swarm = Swarm::start(&ka_config, |_, b| {
         b.reconnect_spread(spread)
             .heartbeat_interval(Duration::from_secs(3600))
             .keepalive(Some(ka))

@@ -269,7 +269,7 @@ impl Cohort {
             login_concurrency: 100,
             login_timeout: Duration::from_secs(90),
         };
-        let swarm = Swarm::start(&config, |b| settings.apply(b))
+        let swarm = Swarm::start(&config, |_, b| settings.apply(b))
             .await
             .with_context(|| format!("logging in cohort {name}"))?;
         let (stop, _) = watch::channel(false);

@@ -7,6 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use switchyard_bench::stats::{latency_summary, max_over_mean};
 use switchyard_bench::swarm::{self, Swarm};
+use switchyard_tests::keys::AuthKeys;
 use switchyard_tests::{Cluster, GatewaySpec};
 use tokio::time::Instant;
 
@@ -64,19 +65,34 @@ async fn run(args: &Args) -> Result<String> {
     let window = format!("{}ms", drain_window.as_millis());
 
     step("Starting etcd, 2 routers and 3 gateways (zone-a: gw-a1, gw-a2; zone-b: gw-b1)");
+    // Authentication on, as in production (docs/security.md): the demo plays the app's
+    // login service (an HS256 key in a JWKS file) and gives the routers an Ed25519 ticket
+    // key. Clients send their app token to the routers and present the router's ticket at
+    // the gateway; gateways also take the app token (clients routing from a cached list
+    // while every router is down).
+    let keys = AuthKeys::generate().context("making the demo's keys")?;
     // Sized so the swarm is a visible share of each gateway: agents skip load reports that
     // move by less than 2 % of capacity.
     let capacity = (clients as u64).max(100);
     let gw = |id: &str, zone: &str| GatewaySpec {
         capacity,
-        ..GatewaySpec::new(id, "local", zone).args(["--drain-window", &window])
+        ..GatewaySpec::new(id, "local", zone)
+            .args(["--drain-window", &window])
+            .args(keys.gateway_args())
     };
     let gateways = [
         gw("gw-a1", "zone-a"),
         gw("gw-a2", "zone-a"),
         gw("gw-b1", "zone-b"),
     ];
-    let mut cluster = Cluster::start_with(2, &["--admin-token", ADMIN_TOKEN], &gateways).await;
+    let mut router_args = vec!["--admin-token".to_owned(), ADMIN_TOKEN.to_owned()];
+    router_args.extend(keys.router_args());
+    let mut cluster = Cluster::start_with(2, &router_args, &gateways).await;
+    println!(
+        "  auth     app tokens (JWKS {}) → login tickets (key {}), ops token for switchyardctl",
+        keys.app_jwks().display(),
+        keys.ticket_key().display()
+    );
     println!("  etcd     {}", cluster.etcd.endpoint());
     for (i, r) in cluster.routers.iter().enumerate() {
         println!(
@@ -106,9 +122,11 @@ async fn run(args: &Args) -> Result<String> {
         login_concurrency: 200,
         login_timeout: Duration::from_secs(60),
     };
-    let swarm = Swarm::start(&config, |b| b)
-        .await
-        .context("logging in the swarm")?;
+    let swarm = Swarm::start(&config, |id, b| {
+        b.token(keys.app_token(id, Duration::from_secs(3600)))
+    })
+    .await
+    .context("logging in the swarm")?;
     println!(
         "  {} clients connected in {} ms",
         swarm.connected(),
