@@ -330,8 +330,9 @@ impl Decoder for FrameCodec {
         if Kind::from_byte(src[4]).is_none() {
             return Err(FrameError::UnknownKind(src[4]));
         }
+        // No reserve for the announced length: the buffer grows only as bytes arrive, so a
+        // header that promises 64 KiB and sends nothing costs nothing.
         if src.len() < 4 + len {
-            src.reserve(4 + len - src.len());
             return Ok(None);
         }
         src.advance(4);
@@ -479,6 +480,15 @@ mod tests {
                 max: 1024
             })
         ));
+    }
+
+    #[test]
+    fn a_header_alone_reserves_nothing_for_its_payload() {
+        let mut codec = FrameCodec::default();
+        let mut buf = BytesMut::with_capacity(64);
+        buf.put_slice(&[0, 1, 0, 0, 0x05]);
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        assert!(buf.capacity() <= 64, "reserved {} bytes", buf.capacity());
     }
 
     #[test]

@@ -52,6 +52,20 @@ struct Flags {
     /// Session limit (registered as capacity); more logins get REJECT{OVERLOADED}.
     #[arg(long, env = "SWITCHYARD_CAPACITY", default_value_t = 100_000)]
     capacity: u64,
+    /// Open sockets beyond this are closed on accept, before TLS (default: --capacity +
+    /// --max-handshaking, at most the open-file limit less 64).
+    #[arg(long, env = "SWITCHYARD_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Sockets that have not sent HELLO yet beyond this are closed on accept.
+    #[arg(long, env = "SWITCHYARD_MAX_HANDSHAKING", default_value_t = 1024)]
+    max_handshaking: usize,
+    /// Open sockets per source address (IPv6: per /64); 0 = no limit.
+    #[arg(long, env = "SWITCHYARD_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
+    max_connections_per_ip: u32,
+    /// New sockets per second per source address, `N` or `N/s` (burst: one second's
+    /// worth); 0 = no limit.
+    #[arg(long, env = "SWITCHYARD_ACCEPT_RATE_PER_IP", default_value = "50/s", value_parser = per_second)]
+    accept_rate_per_ip: f64,
     /// Run without etcd (no registration, no ops drain).
     #[arg(long, env = "SWITCHYARD_NO_REGISTER")]
     no_register: bool,
@@ -136,6 +150,15 @@ struct Flags {
     check: bool,
 }
 
+/// `N` or `N/s`: a rate per second.
+fn per_second(s: &str) -> Result<f64, String> {
+    let n = s.strip_suffix("/s").unwrap_or(s).trim();
+    match n.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a rate like 50/s (0 = off)")),
+    }
+}
+
 impl Flags {
     fn gateway(&self) -> anyhow::Result<gateway::Config> {
         let mut c = gateway::Config::new(self.registry.id.clone());
@@ -150,6 +173,14 @@ impl Flags {
         c.send_queue = self.send_queue;
         c.max_frame = self.max_frame;
         c.capacity = self.capacity;
+        c.max_handshaking = self.max_handshaking;
+        c.max_connections = self.max_connections.unwrap_or_else(|| {
+            usize::try_from(self.capacity)
+                .unwrap_or(usize::MAX)
+                .saturating_add(self.max_handshaking)
+        });
+        c.max_connections_per_ip = self.max_connections_per_ip;
+        c.accept_rate_per_ip = self.accept_rate_per_ip;
         c.drain_window = self.drain_window;
         c.kick_policy = self.kick_policy;
         c.auth = gateway::AuthConfig {
@@ -266,13 +297,14 @@ async fn main() -> ExitCode {
 
 async fn run(flags: Flags, settings: Settings) -> anyhow::Result<()> {
     let Settings {
-        gateway: config,
+        gateway: mut config,
         modes,
         agent: agent_config,
     } = settings;
-    match raise_fd_limit() {
+    let fd_limit = raise_fd_limit();
+    match &fd_limit {
         // Listeners, etcd and the ops endpoint need a few descriptors of their own.
-        Ok(Some(n)) if n < config.capacity + 64 => warn!(
+        Ok(Some(n)) if *n < config.capacity + 64 => warn!(
             limit = n,
             capacity = config.capacity,
             "open-file limit is below --capacity: logins past it will fail to be accepted (raise LimitNOFILE / ulimit -n)"
@@ -280,6 +312,19 @@ async fn run(flags: Flags, settings: Settings) -> anyhow::Result<()> {
         Ok(limit) => info!(?limit, "open-file limit"),
         Err(e) => warn!(error = %e, "cannot raise the open-file limit"),
     }
+    // Refusing a socket on accept is clean; running out of descriptors stalls accept for
+    // everyone, so the default cap stays under the limit.
+    if let (None, Ok(Some(n))) = (flags.max_connections, fd_limit) {
+        let room = usize::try_from(n.saturating_sub(64)).unwrap_or(usize::MAX).max(1);
+        config.max_connections = config.max_connections.min(room);
+    }
+    info!(
+        max_connections = config.max_connections,
+        max_handshaking = config.max_handshaking,
+        max_connections_per_ip = config.max_connections_per_ip,
+        accept_rate_per_ip = config.accept_rate_per_ip,
+        "connection limits"
+    );
     let metrics = telemetry::install_metrics(&[]).context("installing the metrics recorder")?;
     telemetry::declare_counters(&[
         "switchyard_gateway_sessions_total",

@@ -69,8 +69,9 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
 pub struct Config {
     /// Sent in WELCOME so a client (and its logs) knows which gateway it landed on.
     pub gateway_id: String,
-    /// A socket that has not completed TLS, the WebSocket upgrade and HELLO by then is
-    /// closed, so half-open or idle sockets cannot pile up before login.
+    /// One deadline from accept: a socket that has not completed TLS, the WebSocket
+    /// upgrade and HELLO by then is closed, so half-open or idle sockets cannot pile up
+    /// before login.
     pub hello_timeout: Duration,
     /// Told to clients in WELCOME: how long their link may be idle before they send a PING.
     pub heartbeat_interval: Duration,
@@ -90,6 +91,20 @@ pub struct Config {
     pub max_frame: usize,
     /// Sessions beyond this get `REJECT{OVERLOADED}` so the client tries the next gateway.
     pub capacity: u64,
+    /// Open sockets (sessions, handshakes, lingering closes) beyond this are closed as
+    /// soon as they are accepted, before TLS: a clean refusal instead of running out of file
+    /// descriptors, which would stall accepting for everyone. Above `capacity`, so a full
+    /// gateway still answers `REJECT{OVERLOADED}`.
+    pub max_connections: usize,
+    /// Sockets that have not sent HELLO yet beyond this are closed when accepted, so slow
+    /// or silent handshakes cannot take the gateway's memory and descriptors.
+    pub max_handshaking: usize,
+    /// Open sockets per source address (IPv6: per /64); 0 = no limit. Keeps one host from
+    /// taking every slot; carrier NATs put many clients behind one address, size for them.
+    pub max_connections_per_ip: u32,
+    /// New sockets per second per source address (token bucket, burst one second's
+    /// worth); 0 = no limit. Stops one host's connect loop from churning handshakes.
+    pub accept_rate_per_ip: f64,
     /// GOAWAYs are spread evenly over this window when draining, so the fleet is not hit
     /// by every client reconnecting at once.
     pub drain_window: Duration,
@@ -103,7 +118,8 @@ pub struct Config {
 
 impl Config {
     /// Defaults from the issue: hello 10 s, heartbeat 30 s, idle 75 s, 64 KiB frames,
-    /// 30 s drain window, kick-old.
+    /// 30 s drain window, kick-old; 1024 handshakes, capacity + 1024 sockets, 256 sockets
+    /// and 50 new ones a second per address.
     pub fn new(gateway_id: impl Into<String>) -> Self {
         let heartbeat_interval = Duration::from_secs(30);
         Self {
@@ -117,6 +133,10 @@ impl Config {
             send_queue: 256,
             max_frame: DEFAULT_MAX_FRAME,
             capacity: 100_000,
+            max_connections: 100_000 + 1024,
+            max_handshaking: 1024,
+            max_connections_per_ip: 256,
+            accept_rate_per_ip: 50.0,
             drain_window: Duration::from_secs(30),
             kick_policy: KickPolicy::KickOld,
             auth: AuthConfig::default(),
@@ -164,6 +184,18 @@ impl Config {
         }
         if self.capacity == 0 {
             return Err(invalid("capacity", "must be > 0"));
+        }
+        if self.max_connections == 0 {
+            return Err(invalid("max_connections", "must be > 0"));
+        }
+        if self.max_handshaking == 0 {
+            return Err(invalid("max_handshaking", "must be > 0"));
+        }
+        if !self.accept_rate_per_ip.is_finite() || self.accept_rate_per_ip < 0.0 {
+            return Err(invalid(
+                "accept_rate_per_ip",
+                format!("{} must be >= 0 (0 = off)", self.accept_rate_per_ip),
+            ));
         }
         self.auth.validate()
     }
@@ -355,6 +387,12 @@ mod tests {
         assert!(c.validate().is_err());
         let mut c = Config::new("gw-1");
         c.max_frame = 8;
+        assert!(c.validate().is_err());
+        let mut c = Config::new("gw-1");
+        c.max_handshaking = 0;
+        assert!(c.validate().is_err());
+        let mut c = Config::new("gw-1");
+        c.accept_rate_per_ip = f64::NAN;
         assert!(c.validate().is_err());
         assert!(Config::new("").validate().is_err());
         assert!("nope".parse::<KickPolicy>().is_err());

@@ -21,6 +21,7 @@ use tracing::{debug, info};
 use super::Shared;
 use super::auth::{AuthError, Identity, Refusal, count_refusal, login};
 use super::hub::{Admission, Control, SessionHandle};
+use super::limits::Permit;
 use super::session::{AckTracker, Action, on_client_frame};
 use super::transport::{BoxIo, Incoming, RecvError, Transport};
 
@@ -53,9 +54,10 @@ pub(crate) async fn serve(
     peer: SocketAddr,
     websocket: bool,
     shared: Arc<Shared>,
+    permit: Permit,
 ) {
     let _ = stream.set_nodelay(true);
-    serve_io(Box::new(stream), peer, websocket, shared).await;
+    serve_io(Box::new(stream), peer, websocket, shared, permit).await;
 }
 
 /// [`serve`] on any byte stream (tests use in-memory pipes).
@@ -64,8 +66,16 @@ pub(crate) async fn serve(
 /// as the connection: the cold paths (TLS handshake, WebSocket upgrade, REJECT, the lingering
 /// close with its discard buffer) are boxed so an idle session does not carry their state
 /// for life (see the `session_state_stays_small` test).
-pub(crate) async fn serve_io(io: BoxIo, peer: SocketAddr, websocket: bool, shared: Arc<Shared>) {
+pub(crate) async fn serve_io(
+    io: BoxIo,
+    peer: SocketAddr,
+    websocket: bool,
+    shared: Arc<Shared>,
+    mut permit: Permit,
+) {
     let cfg = &shared.config;
+    // One deadline from accept to HELLO across every stage, so a peer cannot stretch its
+    // pre-login time by spending just under a limit in each (TLS, upgrade, HELLO).
     let deadline = Instant::now() + cfg.hello_timeout;
     let io: BoxIo = match &shared.tls {
         Some(acceptor) => match timeout_at(deadline, Box::pin(acceptor.accept(io))).await {
@@ -97,7 +107,10 @@ pub(crate) async fn serve_io(io: BoxIo, peer: SocketAddr, websocket: bool, share
                 debug!(%peer, "no HELLO in time");
                 return closed("hello_timeout");
             }
-            Ok(Ok(Incoming::Frame(Frame::Hello(h)))) => break h,
+            Ok(Ok(Incoming::Frame(Frame::Hello(h)))) => {
+                permit.hello_done();
+                break h;
+            }
             // The pong answer waits on the client reading it: a client that pings and never
             // reads would park this flush forever, so it runs under the HELLO deadline too.
             Ok(Ok(Incoming::Control)) => {
@@ -390,6 +403,7 @@ async fn session(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gateway::limits::Limits;
     use crate::gateway::{AcceptAny, Config, Echo, Hub};
     use futures::{SinkExt, StreamExt};
     use switchyard_proto::wire::FrameCodec;
@@ -398,6 +412,7 @@ mod tests {
     fn shared(config: Config) -> Arc<Shared> {
         Arc::new(Shared {
             hub: Hub::new(config.kick_policy, config.capacity),
+            limits: Arc::new(Limits::new(&config)),
             config,
             app: Arc::new(Echo),
             auth: Arc::new(AcceptAny),
@@ -415,7 +430,7 @@ mod tests {
     ) {
         let (client, server) = tokio::io::duplex(64 * 1024);
         let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let task = tokio::spawn(serve_io(Box::new(server), peer, false, shared.clone()));
+        let task = tokio::spawn(serve_io(Box::new(server), peer, false, shared.clone(), shared.limits.admit(peer.ip()).unwrap()));
         (Framed::new(client, FrameCodec::default()), task)
     }
 
@@ -449,7 +464,8 @@ mod tests {
         // A small pipe fills after a few dozen pongs.
         let (client, server) = tokio::io::duplex(4096);
         let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let task = tokio::spawn(serve_io(Box::new(server), peer, true, sh));
+        let permit = sh.limits.admit(peer.ip()).unwrap();
+        let task = tokio::spawn(serve_io(Box::new(server), peer, true, sh, permit));
         let start = Instant::now();
         let (ws, _) = tokio_tungstenite::client_async("ws://gw/ws", client)
             .await
@@ -474,7 +490,8 @@ mod tests {
         let sh = shared(Config::new("gw"));
         let (_client, server) = tokio::io::duplex(64);
         let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let fut = serve_io(Box::new(server), peer, false, sh);
+        let permit = sh.limits.admit(peer.ip()).unwrap();
+        let fut = serve_io(Box::new(server), peer, false, sh, permit);
         let size = std::mem::size_of_val(&fut);
         assert!(size <= 2048, "serve_io's state is {size} bytes");
     }

@@ -9,7 +9,8 @@
 //!
 //! Modules: `config` (settings), `auth` (HELLO check: auth modes and their combinator),
 //! `ticket_keys` (the routers' ticket keys over HTTP), `app` (DATA hook, custom auth),
-//! `hub` (sessions by client id), `session` (pure rules), `transport` (TCP/WS framing),
+//! `hub` (sessions by client id), `limits` (admission of accepted sockets), `session`
+//! (pure rules), `transport` (TCP/WS framing),
 //! `conn` (the per-connection task), this file (accept loops and drain).
 
 mod app;
@@ -17,6 +18,7 @@ mod auth;
 mod config;
 mod conn;
 mod hub;
+mod limits;
 mod session;
 mod ticket_keys;
 mod transport;
@@ -41,7 +43,7 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use hub::Control;
 use session::DrainPlan;
@@ -88,6 +90,8 @@ pub(crate) struct Shared {
     pub(crate) auth: Arc<dyn Auth>,
     /// Set when the config carries TLS.
     pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Admission of accepted sockets (connection, handshake and per-address caps).
+    pub(crate) limits: Arc<limits::Limits>,
     /// Source of hub-unique session keys.
     next_key: AtomicU64,
 }
@@ -192,6 +196,7 @@ impl Gateway {
         self.load_keys().await?;
         let shared = Arc::new(Shared {
             tls: self.config.tls.clone().map(tokio_rustls::TlsAcceptor::from),
+            limits: Arc::new(limits::Limits::new(&self.config)),
             config: self.config,
             hub: self.hub,
             app: self.app,
@@ -240,9 +245,20 @@ async fn accept_loop(
             r = listener.accept() => r,
         };
         match accepted {
-            Ok((stream, peer)) => {
-                tasks.spawn(conn::serve(stream, peer, websocket, shared.clone()));
-            }
+            // Refused sockets are dropped here, before TLS or any read, so an over-limit
+            // peer costs one accept and nothing else.
+            Ok((stream, peer)) => match shared.limits.admit(peer.ip()) {
+                Ok(permit) => {
+                    tasks.spawn(conn::serve(
+                        stream,
+                        peer,
+                        websocket,
+                        shared.clone(),
+                        permit,
+                    ));
+                }
+                Err(why) => debug!(%peer, reason = why.reason(), "connection refused"),
+            },
             Err(e) => {
                 // Out of file descriptors and the like: keep serving those connected.
                 metrics::counter!("switchyard_gateway_accept_errors_total").increment(1);

@@ -96,9 +96,9 @@ impl std::fmt::Debug for Transport {
 
 /// Starting size of a TCP connection's read and write buffers. `Framed::new` starts both
 /// at 8 KiB, which an idle connection pays for all its life while its traffic is 5-byte
-/// heartbeats and a WELCOME: 256 bytes holds those, and a bigger frame grows the buffer it
-/// passes through (the codec reserves the announced length), so only the connections that
-/// carry big frames pay for them. Measured by `bench-density`.
+/// heartbeats and a WELCOME: 256 bytes holds those, and a bigger frame grows the buffer as
+/// its bytes arrive (the codec reserves nothing for an announced length), so only the
+/// connections that carry big frames pay for them. Measured by `bench-density`.
 const INITIAL_BUFFER: usize = 256;
 
 impl Transport {
@@ -196,5 +196,26 @@ impl Transport {
             }
         };
         let _ = tokio::time::timeout(linger, drain).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer announcing a 64 KiB frame and sending only its header must not make the
+    /// gateway hold 64 KiB for it (before HELLO, that is what a flood of such peers costs).
+    #[tokio::test]
+    async fn an_announced_length_is_not_reserved() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut t = Transport::tcp(Box::new(server), 64 * 1024);
+        client.write_all(&[0, 1, 0, 0, 0x05]).await.unwrap();
+        let r = tokio::time::timeout(Duration::from_millis(200), t.recv()).await;
+        assert!(r.is_err(), "no frame yet");
+        let Transport::Tcp(framed) = &t else {
+            unreachable!()
+        };
+        let cap = framed.read_buffer().capacity();
+        assert!(cap <= 4 * INITIAL_BUFFER, "read buffer grew to {cap} bytes");
     }
 }
