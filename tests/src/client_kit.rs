@@ -61,6 +61,7 @@ impl GatewayProc {
         };
         let command = |[tcp, ws, http]: [u16; 3]| {
             let mut cmd = Command::new(bin_path("switchyard-gateway"));
+            crate::one_address_for_all(&mut cmd);
             cmd.args(["--id", id, "--listen", &addr(tcp), "--ws-listen", &addr(ws)])
                 .args([
                     "--http-listen",

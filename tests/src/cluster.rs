@@ -201,6 +201,7 @@ impl Cluster {
         };
         let command = |[tcp, ws, http]: [u16; 3]| {
             let mut cmd = Command::new(bin_path("switchyard-gateway"));
+            crate::one_address_for_all(&mut cmd);
             cmd.args([
                 "--etcd",
                 &self.etcd.endpoint(),

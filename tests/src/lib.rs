@@ -64,6 +64,15 @@ where
     }
 }
 
+/// Every client of a harness gateway (swarms, benches, the demo) comes from 127.0.0.1,
+/// which the per-address limits are not sized for: they are turned off through the
+/// environment, so a flag (what `gateway_limits` passes) still wins and a gateway binary
+/// without those limits ignores them.
+pub fn one_address_for_all(cmd: &mut std::process::Command) {
+    cmd.env("SWITCHYARD_MAX_CONNECTIONS_PER_IP", "0")
+        .env("SWITCHYARD_ACCEPT_RATE_PER_IP", "0");
+}
+
 /// A key prefix no other test uses, e.g. `/t-3f9a1c`.
 pub fn unique_prefix() -> switchyard_registry::Prefix {
     let n: u32 = rand::random();

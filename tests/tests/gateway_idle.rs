@@ -55,6 +55,7 @@ async fn twenty_thousand_idle_connections_are_held() {
     for i in 0..2 {
         let command = |[tcp, http]: [u16; 2]| {
             let mut cmd = Command::new(bin_path("switchyard-gateway"));
+            switchyard_tests::one_address_for_all(&mut cmd);
             cmd.args(["--no-register", "--id", &format!("gw-idle-{i}")])
                 .args([
                     "--listen",

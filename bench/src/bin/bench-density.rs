@@ -515,6 +515,7 @@ async fn run(args: &Args, fd_limit: u64) -> Result<String> {
         .unwrap_or_else(|| bin_path("switchyard-gateway"));
     println!("gateway binary: {}", gateway_bin.display());
     let mut cmd = std::process::Command::new(gateway_bin);
+    switchyard_tests::one_address_for_all(&mut cmd);
     cmd.args(["--no-register", "--id", "gw-density"])
         .args(["--listen", &gw_addr.to_string()])
         .args(["--capacity", &(conns + 100).to_string()])

@@ -315,7 +315,9 @@ async fn run(flags: Flags, settings: Settings) -> anyhow::Result<()> {
     // Refusing a socket on accept is clean; running out of descriptors stalls accept for
     // everyone, so the default cap stays under the limit.
     if let (None, Ok(Some(n))) = (flags.max_connections, fd_limit) {
-        let room = usize::try_from(n.saturating_sub(64)).unwrap_or(usize::MAX).max(1);
+        let room = usize::try_from(n.saturating_sub(64))
+            .unwrap_or(usize::MAX)
+            .max(1);
         config.max_connections = config.max_connections.min(room);
     }
     info!(

@@ -430,7 +430,13 @@ mod tests {
     ) {
         let (client, server) = tokio::io::duplex(64 * 1024);
         let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let task = tokio::spawn(serve_io(Box::new(server), peer, false, shared.clone(), shared.limits.admit(peer.ip()).unwrap()));
+        let task = tokio::spawn(serve_io(
+            Box::new(server),
+            peer,
+            false,
+            shared.clone(),
+            shared.limits.admit(peer.ip()).unwrap(),
+        ));
         (Framed::new(client, FrameCodec::default()), task)
     }
 

@@ -243,7 +243,11 @@ mod tests {
         assert_eq!(l.admit(A).unwrap_err(), Refused::MaxConnections);
         drop(p1);
         l.admit(A).unwrap();
-        assert_eq!(l.addresses(), 0, "no per-address state when those limits are off");
+        assert_eq!(
+            l.addresses(),
+            0,
+            "no per-address state when those limits are off"
+        );
     }
 
     #[test]

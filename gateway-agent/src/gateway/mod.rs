@@ -249,13 +249,7 @@ async fn accept_loop(
             // peer costs one accept and nothing else.
             Ok((stream, peer)) => match shared.limits.admit(peer.ip()) {
                 Ok(permit) => {
-                    tasks.spawn(conn::serve(
-                        stream,
-                        peer,
-                        websocket,
-                        shared.clone(),
-                        permit,
-                    ));
+                    tasks.spawn(conn::serve(stream, peer, websocket, shared.clone(), permit));
                 }
                 Err(why) => debug!(%peer, reason = why.reason(), "connection refused"),
             },
