@@ -206,6 +206,8 @@ pub struct Config {
     /// A silent watch stream is re-opened after this long.
     #[serde(with = "humantime_serde")]
     pub etcd_silence_timeout: Duration,
+    /// Server settings and per-call limits (`[limits]`).
+    pub limits: crate::limits::Limits,
 }
 
 /// A [`Config`] that passed [`Config::validate`]: the only kind [`crate::run`] accepts.
@@ -310,6 +312,7 @@ impl Default for Config {
             locality: Vec::new(),
             etcd_progress_interval: Duration::from_secs(5),
             etcd_silence_timeout: Duration::from_secs(12),
+            limits: crate::limits::Limits::default(),
         }
     }
 }
@@ -326,6 +329,7 @@ impl Config {
         let prefix = Prefix::new(self.prefix.clone())?;
         self.ranking.validate()?;
         self.outlier.validate()?;
+        self.limits.validate()?;
         if let Some(path) = &self.admin_token_file {
             let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                 path: path.clone(),

@@ -28,6 +28,7 @@
 mod auth;
 mod config;
 mod http;
+mod limits;
 mod outlier;
 pub mod ranking;
 mod route_http;

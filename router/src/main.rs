@@ -98,6 +98,42 @@ struct Args {
     /// How long clients may cache a Route answer, e.g. 30s.
     #[arg(long, env = "SWITCHYARD_VALID_FOR", default_value = "30s", value_parser = humantime::parse_duration)]
     valid_for: std::time::Duration,
+    /// HTTP/2 streams per connection (limits.max_concurrent_streams).
+    #[arg(long, env = "SWITCHYARD_MAX_CONCURRENT_STREAMS")]
+    max_concurrent_streams: Option<u32>,
+    /// HTTP/2 keepalive PING interval, e.g. 30s.
+    #[arg(long, env = "SWITCHYARD_HTTP2_KEEPALIVE_INTERVAL", value_parser = humantime::parse_duration)]
+    http2_keepalive_interval: Option<std::time::Duration>,
+    /// HTTP/2 keepalive PING timeout, e.g. 10s.
+    #[arg(long, env = "SWITCHYARD_HTTP2_KEEPALIVE_TIMEOUT", value_parser = humantime::parse_duration)]
+    http2_keepalive_timeout: Option<std::time::Duration>,
+    /// TCP keepalive idle time, e.g. 60s.
+    #[arg(long, env = "SWITCHYARD_TCP_KEEPALIVE", value_parser = humantime::parse_duration)]
+    tcp_keepalive: Option<std::time::Duration>,
+    /// Connections get GOAWAY after this long (0s = never), e.g. 30m.
+    #[arg(long, env = "SWITCHYARD_MAX_CONNECTION_AGE", value_parser = humantime::parse_duration)]
+    max_connection_age: Option<std::time::Duration>,
+    /// Largest request message decoded, in bytes.
+    #[arg(long, env = "SWITCHYARD_MAX_MESSAGE_SIZE")]
+    max_message_size: Option<usize>,
+    /// Calls taking longer (to their response headers) end CANCELLED, e.g. 10s.
+    #[arg(long, env = "SWITCHYARD_REQUEST_TIMEOUT", value_parser = humantime::parse_duration)]
+    request_timeout: Option<std::time::Duration>,
+    /// Router calls in flight at once; more are shed with UNAVAILABLE.
+    #[arg(long, env = "SWITCHYARD_ROUTE_CONCURRENCY")]
+    route_concurrency: Option<usize>,
+    /// The retry-after-ms hint sent with refusals, e.g. 100ms.
+    #[arg(long, env = "SWITCHYARD_RETRY_AFTER", value_parser = humantime::parse_duration)]
+    retry_after: Option<std::time::Duration>,
+    /// WatchGateways streams open at once; more get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "SWITCHYARD_WATCH_STREAMS")]
+    watch_streams: Option<usize>,
+    /// Route calls per second per caller IP (0 = off).
+    #[arg(long, env = "SWITCHYARD_ROUTE_RATE_PER_IP")]
+    route_rate_per_ip: Option<u32>,
+    /// Route calls one IP may burst above its rate (0 = the rate).
+    #[arg(long, env = "SWITCHYARD_ROUTE_RATE_BURST")]
+    route_rate_burst: Option<u32>,
     /// Log format.
     #[arg(long, env = "SWITCHYARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -231,6 +267,23 @@ impl Args {
             tls_cert,
             tls_key,
             client_ca
+        );
+        macro_rules! set_limit {
+            ($($field:ident),*) => { $( if let Some(v) = self.$field { c.limits.$field = v; } )* };
+        }
+        set_limit!(
+            max_concurrent_streams,
+            http2_keepalive_interval,
+            http2_keepalive_timeout,
+            tcp_keepalive,
+            max_connection_age,
+            max_message_size,
+            request_timeout,
+            route_concurrency,
+            retry_after,
+            watch_streams,
+            route_rate_per_ip,
+            route_rate_burst
         );
         let config = c.validate()?;
         config.check_exposure(process.listen)?;

@@ -23,6 +23,7 @@ use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
 
 use crate::config::ValidConfig;
+use crate::limits::Shedding;
 use crate::service::{AdminService, RouteMetrics, RouterService, State};
 use crate::view::{Builder, Ejector, Handouts, View, now_ms};
 use crate::{http, route_http};
@@ -85,7 +86,6 @@ pub async fn run(
     );
     let (view, _) = watch::channel(Arc::new(View::default()));
     let state = Arc::new(State {
-        config,
         client,
         view,
         contact: watcher.contact(),
@@ -95,6 +95,8 @@ pub async fn run(
         route_metrics: RouteMetrics::new(),
         loopback: crate::config::is_loopback(listen.ip()),
         report_budget: crate::auth::ReportBudget::default(),
+        guards: crate::limits::Guards::new(&config.limits),
+        config,
     });
     let stop = CancellationToken::new();
     // Background tasks end with `run`, also when its future is dropped (aborted).
@@ -147,15 +149,29 @@ pub async fn run(
     // One port for gRPC and for `POST /v1/route` (HTTP/JSON, DESIGN contract 6): the
     // gRPC services are axum routes under tonic's router, so the JSON route merges in.
     let json_route = route_http::routes(router.clone(), &state.config);
+    let limits = &state.config.limits;
+    let router_server = Shedding::new(
+        RouterServer::new(router).max_decoding_message_size(limits.max_message_size),
+        limits.route_concurrency,
+        limits.retry_after,
+    );
     let routes = Routes::new(health_service)
         .add_service(reflection)
-        .add_service(RouterServer::new(router))
-        .add_service(AdminServer::new(admin))
+        .add_service(router_server)
+        .add_service(AdminServer::new(admin).max_decoding_message_size(limits.max_message_size))
         .into_axum_router()
         .merge(json_route);
     // HTTP/1.1 for browsers and plain HTTP clients; gRPC clients still speak HTTP/2 (the
     // connection is told apart by its preface).
-    let mut server = Server::builder().accept_http1(true);
+    let mut server = Server::builder()
+        .accept_http1(true)
+        .timeout(limits.request_timeout)
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_keepalive_interval(Some(limits.http2_keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout));
+    if !limits.max_connection_age.is_zero() {
+        server = server.max_connection_age(limits.max_connection_age);
+    }
     if let Some(tls) = tls {
         server = server.tls_config(tls)?;
     }
@@ -165,7 +181,9 @@ pub async fn run(
         // Small request/response pairs: without TCP_NODELAY, Nagle holds a response back
         // until the previous segment is acknowledged (delayed ACK, up to 40 ms).
         .serve_with_incoming_shutdown(
-            TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
+            TcpIncoming::from(listeners.grpc)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(limits.tcp_keepalive)),
             async move {
                 grpc_stop.cancelled().await;
             },
@@ -247,6 +265,7 @@ async fn upkeep(
             () = stop.cancelled() => return,
         }
         let now = now_ms();
+        state.guards.upkeep();
         builder
             .lock()
             .expire_pending(state.config.pending_window.as_millis() as i64, now);

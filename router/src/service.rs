@@ -53,6 +53,8 @@ pub(crate) struct State {
     pub(crate) loopback: bool,
     /// Failure reports per caller identity in the current outlier window.
     pub(crate) report_budget: ReportBudget,
+    /// The WatchGateways cap and the per-address Route rate.
+    pub(crate) guards: crate::limits::Guards,
 }
 
 /// The Route path's metric handles. The `counter!`/`histogram!` macros look the series up
@@ -188,6 +190,8 @@ impl RouterService {
             .get("x-forwarded-for")
             .and_then(|v| v.to_str().ok());
         let ip = caller_ip(&state.config, peer, forwarded);
+        // Before authentication: refusing a flood must cost less than serving it.
+        state.guards.route_rate(ip)?;
         let caller =
             auth::route_caller(&state.config, req.metadata(), ip, &req.get_ref().client_id)?;
         // The caller's address only matters when the request names no locality.
@@ -509,9 +513,11 @@ impl pb::router_server::Router for RouterService {
         req: Request<WatchGatewaysRequest>,
     ) -> Result<Response<UpdateStream>, Status> {
         auth::check_topology(&self.state.config, &req, self.state.loopback)?;
+        let slot = self.state.guards.watch_stream()?;
         let mut changes = self.state.view.subscribe();
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(async move {
+            let _slot = slot;
             let mut prev: Option<Arc<View>> = None;
             loop {
                 let view = changes.borrow_and_update().clone();
@@ -685,7 +691,6 @@ mod tests {
             last: None,
         });
         Arc::new(State {
-            config,
             client,
             view: watch::Sender::new(Arc::new(view)),
             contact,
@@ -695,6 +700,8 @@ mod tests {
             route_metrics: RouteMetrics::new(),
             loopback,
             report_budget: ReportBudget::default(),
+            guards: crate::limits::Guards::new(&config.limits),
+            config,
         })
     }
 
