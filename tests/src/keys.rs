@@ -1,6 +1,7 @@
 //! Key files for a cluster with authentication on (DESIGN contract 5), as the demo and the
 //! identity scenarios need them: the app's login service (an HS256 key in a JWKS file, and
-//! app tokens signed with it) and the routers' Ed25519 ticket key with its public JWKS.
+//! app tokens signed with it) and the routers' Ed25519 ticket key with its public JWKS; and
+//! [`Pki`], a private CA with a server and a client certificate for the TLS scenarios.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -108,4 +109,45 @@ fn write_private(p: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .mode(0o600)
         .open(p)?;
     f.write_all(bytes)
+}
+
+/// A private CA, a server certificate and a client certificate from it (PEM).
+#[derive(Debug)]
+pub struct Pki {
+    /// The CA certificate: what clients (and a router's `--client-ca`) trust.
+    pub ca_pem: String,
+    /// Server certificate and key, for `server_name` (an IP or a DNS name).
+    pub server: (String, String),
+    /// Client certificate and key (mTLS).
+    pub client: (String, String),
+}
+
+impl Pki {
+    /// Makes the CA and both certificates.
+    pub fn new(server_name: &str, client_name: &str) -> Self {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa,
+            KeyPair, KeyUsagePurpose,
+        };
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().expect("CA key"))
+            .expect("self-signed CA");
+        let leaf = |name: &str, usage: ExtendedKeyUsagePurpose| {
+            let key = KeyPair::generate().expect("leaf key");
+            let mut params = CertificateParams::new(vec![name.to_owned()]).expect("leaf params");
+            params.extended_key_usages = vec![usage];
+            let cert = params.signed_by(&key, &ca).expect("signed by the CA");
+            (cert.pem(), key.serialize_pem())
+        };
+        Self {
+            server: leaf(server_name, ExtendedKeyUsagePurpose::ServerAuth),
+            client: leaf(client_name, ExtendedKeyUsagePurpose::ClientAuth),
+            ca_pem: ca.pem(),
+        }
+    }
 }

@@ -16,6 +16,7 @@ use std::time::Duration;
 use switchyard_client::{Error, Event, FailureKind, GaveUp, RejectCode, RouteSource, Setback};
 use switchyard_proto::v1::{self as pb, router_client::RouterClient};
 use switchyard_tests::client_kit;
+use switchyard_tests::keys::Pki;
 use switchyard_tests::router::{http_get, put_record, record, with_token};
 use switchyard_tests::scripted::{Answer, ScriptedGateway};
 use switchyard_tests::{Child, Etcd, Launch, bin_path, eventually, init_tracing, start};
@@ -29,43 +30,6 @@ const WELCOME: Answer = Answer::Welcome {
     heartbeat_interval_ms: 0,
     idle_timeout_ms: 0,
 };
-
-/// A private CA, a router certificate for `127.0.0.1` from it, and a client certificate
-/// from it.
-struct Pki {
-    /// The CA certificate: what the client trusts.
-    ca_pem: String,
-    /// Router certificate and key.
-    server: (String, String),
-    /// Client certificate and key (mTLS).
-    client: (String, String),
-}
-
-fn pki() -> Pki {
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa,
-        KeyPair, KeyUsagePurpose,
-    };
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
-    let leaf = |name: &str, usage: ExtendedKeyUsagePurpose| {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec![name.to_owned()]).unwrap();
-        params.extended_key_usages = vec![usage];
-        let cert = params.signed_by(&key, &ca).unwrap();
-        (cert.pem(), key.serialize_pem())
-    };
-    Pki {
-        server: leaf("127.0.0.1", ExtendedKeyUsagePurpose::ServerAuth),
-        client: leaf("app-client", ExtendedKeyUsagePurpose::ClientAuth),
-        ca_pem: ca.pem(),
-    }
-}
 
 /// etcd, a TLS router requiring [`APP_TOKEN`], and a scripted gateway `gw-s` it hands out.
 struct Setup {
@@ -95,7 +59,7 @@ impl Setup {
         rec["addrs"]["tcp"] = peer.addr.clone().into();
         put_record(&mut etcd.client().await, &prefix, &rec).await;
 
-        let pki = pki();
+        let pki = Pki::new("127.0.0.1", "app-client");
         let dir = tempfile::tempdir().unwrap();
         let file = |name: &str, text: &str| {
             let p = dir.path().join(name);

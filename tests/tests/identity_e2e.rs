@@ -15,6 +15,7 @@ use switchyard_client::{Error, GaveUp, tls_with_roots};
 use switchyard_proto::v1::{self as pb, router_client::RouterClient};
 use switchyard_proto::wire::Frame;
 use switchyard_tests::client_kit::{GatewayOpts, GatewayProc, fast_client, http_get};
+use switchyard_tests::keys::Pki;
 use switchyard_tests::rawclient::{Proto, RawClient};
 use switchyard_tests::router::with_token;
 use switchyard_tests::{Child, Etcd, Launch, bin_path, eventually, init_tracing, start};
@@ -24,36 +25,6 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 const APP_SECRET: &[u8] = b"the-login-service-signing-secret";
 /// The ops token (reads the topology).
 const OPS_TOKEN: &str = "e2e-ops-token";
-
-/// A private CA and a server certificate for `127.0.0.1` (router and gateway share it).
-struct Pki {
-    /// What clients trust.
-    ca_pem: String,
-    /// Server certificate and key.
-    server: (String, String),
-}
-
-fn pki() -> Pki {
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa,
-        KeyPair, KeyUsagePurpose,
-    };
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let cert = params.signed_by(&key, &ca).unwrap();
-    Pki {
-        server: (cert.pem(), key.serialize_pem()),
-        ca_pem: ca.pem(),
-    }
-}
 
 /// An app token for `sub`, expiring `ttl_secs` from now (negative: already expired).
 fn app_token(sub: &str, ttl_secs: i64) -> String {
@@ -92,7 +63,7 @@ impl Setup {
         init_tracing();
         let etcd = Etcd::start().await;
         let prefix = switchyard_tests::unique_prefix();
-        let pki = pki();
+        let pki = Pki::new("127.0.0.1", "app-client");
         let dir = tempfile::tempdir().unwrap();
         let file = |name: &str, text: &str| -> PathBuf {
             let p = dir.path().join(name);

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use switchyard_proto::v1::admin_client::AdminClient;
 use switchyard_proto::v1::{self as pb, router_client::RouterClient};
+use switchyard_tests::keys::Pki;
 use switchyard_tests::{
     Child, Etcd, Launch, bin_path, eventually, init_tracing, start, unique_prefix,
 };
@@ -111,39 +112,6 @@ async fn tls_clients_are_served_and_plain_text_is_refused() {
     assert_eq!(v["source"], "router");
 }
 
-/// A CA, a server certificate for `localhost` and a client certificate, all from it.
-struct Pki {
-    ca_pem: String,
-    server: (String, String),
-    client: (String, String),
-}
-
-fn pki() -> Pki {
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa,
-        KeyPair, KeyUsagePurpose,
-    };
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
-    let leaf = |name: &str, usage: ExtendedKeyUsagePurpose| {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec![name.to_owned()]).unwrap();
-        params.extended_key_usages = vec![usage];
-        let cert = params.signed_by(&key, &ca).unwrap();
-        (cert.pem(), key.serialize_pem())
-    };
-    Pki {
-        server: leaf("localhost", ExtendedKeyUsagePurpose::ServerAuth),
-        client: leaf("ops-tool", ExtendedKeyUsagePurpose::ClientAuth),
-        ca_pem: ca.pem(),
-    }
-}
-
 /// Drains `gw-mtls` through a TLS channel presenting `identity` (if any); `None` when the
 /// connection itself fails.
 async fn drain_with(url: &str, ca_pem: &str, identity: Option<Identity>) -> Option<tonic::Code> {
@@ -184,7 +152,7 @@ async fn client_certificates_from_the_client_ca_open_admin_and_others_do_not() {
     let etcd = Etcd::start().await;
     let client = etcd.client().await;
     let prefix = unique_prefix();
-    let pki = pki();
+    let pki = Pki::new("localhost", "ops-tool");
     let dir = tempfile::tempdir().unwrap();
     let path = |name: &str, text: &str| {
         let p = dir.path().join(name);
